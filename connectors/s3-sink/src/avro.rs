@@ -1,0 +1,233 @@
+//! Avro object container file encoder, separate from the uploader (Arroyo's buffering writer).
+//!
+//! The header carries the file's metadata (source topic, partition, offset range, transform
+//! digests), which is only known when the file closes. So the encoder holds back the file's first
+//! `part-size` bytes of blocks ("head") and streams everything after it ("parts"): when the file
+//! closes, the header is written in front of the head, which becomes multipart part 1 (S3 allows
+//! parts in any order), and what is left becomes the last part. Memory per open file stays below
+//! two parts plus one Avro block, whatever the file size.
+
+use std::collections::HashMap;
+
+use apache_avro::{Codec, Schema, Writer, types::Value};
+
+/// Avro block size in bytes before compression (apache-avro's default is 16000).
+pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
+
+/// Errors of the encoder (all are bugs or schema trouble: not retried).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EncodeError {
+    #[error("encoding an Avro block: {0}")]
+    Avro(#[from] apache_avro::Error),
+}
+
+/// One open Avro file.
+pub(crate) struct FileEncoder {
+    schema: &'static Schema,
+    codec: Codec,
+    marker: [u8; 16],
+    /// Writes blocks only (`has_header`), into its own `Vec` that we drain after every append.
+    writer: Writer<'static, Vec<u8>>,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    part_size: usize,
+    rows: u64,
+    block_bytes: u64,
+}
+
+impl std::fmt::Debug for FileEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileEncoder")
+            .field("rows", &self.rows)
+            .field("block_bytes", &self.block_bytes)
+            .field("head", &self.head.len())
+            .field("tail", &self.tail.len())
+            .finish()
+    }
+}
+
+/// A closed file, ready to upload: `head` (header + first blocks) then `tail`.
+#[derive(Debug)]
+pub(crate) struct FinishedFile {
+    pub(crate) head: Vec<u8>,
+    pub(crate) tail: Vec<u8>,
+    pub(crate) rows: u64,
+}
+
+impl FileEncoder {
+    pub(crate) fn new(schema: &'static Schema, codec: Codec, part_size: usize) -> Result<Self, EncodeError> {
+        // The sync marker is random, like every Avro writer's: keys and rows are what a replay
+        // must reproduce, not the bytes.
+        let marker: [u8; 16] = rand::random();
+        let writer = Writer::builder()
+            .schema(schema)
+            .writer(Vec::with_capacity(BLOCK_SIZE))
+            .codec(codec)
+            .block_size(BLOCK_SIZE)
+            .marker(marker)
+            .has_header(true)
+            .build()?;
+        Ok(Self {
+            schema,
+            codec,
+            marker,
+            writer,
+            head: Vec::new(),
+            tail: Vec::new(),
+            part_size,
+            rows: 0,
+            block_bytes: 0,
+        })
+    }
+
+    /// Appends one row, already checked against the schema by form-model's conversion.
+    pub(crate) fn append(&mut self, value: &Value) -> Result<(), EncodeError> {
+        self.writer.unvalidated_append_value_ref(value)?;
+        self.rows += 1;
+        self.drain_writer();
+        Ok(())
+    }
+
+    fn drain_writer(&mut self) {
+        let out = self.writer.get_mut();
+        if out.is_empty() {
+            return;
+        }
+        self.block_bytes += out.len() as u64;
+        if self.head.len() < self.part_size {
+            self.head.extend_from_slice(out);
+        } else {
+            self.tail.extend_from_slice(out);
+        }
+        out.clear();
+    }
+
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Encoded (compressed) bytes of the complete blocks so far: a deterministic function of
+    /// the rows appended, used by `max-bytes`.
+    pub(crate) fn encoded_bytes(&self) -> u64 {
+        self.block_bytes
+    }
+
+    /// Bytes held in memory by this file (for the memory budget).
+    pub(crate) fn buffered(&self) -> usize {
+        // The writer's pending block is at most one block (plus one row).
+        self.head.capacity() + self.tail.capacity() + BLOCK_SIZE
+    }
+
+    /// A full part to stream now, if any (part 2, 3, …: the head is kept for the header).
+    pub(crate) fn take_part(&mut self) -> Option<Vec<u8>> {
+        if self.tail.len() >= self.part_size {
+            Some(std::mem::take(&mut self.tail))
+        } else {
+            None
+        }
+    }
+
+    /// Closes the file: flushes the last block and puts the header (with `metadata`) in front.
+    pub(crate) fn finish(mut self, metadata: &[(String, String)]) -> Result<FinishedFile, EncodeError> {
+        self.writer.flush()?;
+        self.drain_writer();
+        let mut user_metadata = HashMap::new();
+        for (k, v) in metadata {
+            user_metadata.insert(k.clone(), Value::Bytes(v.as_bytes().to_vec()));
+        }
+        let mut header_writer = Writer::builder()
+            .schema(self.schema)
+            .writer(Vec::new())
+            .codec(self.codec)
+            .marker(self.marker)
+            .user_metadata(user_metadata)
+            .build()?;
+        header_writer.flush()?;
+        let mut head = header_writer.into_inner()?;
+        head.extend_from_slice(&self.head);
+        Ok(FinishedFile { head, tail: self.tail, rows: self.rows })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::Reader;
+
+    fn schema() -> &'static Schema {
+        let s = Schema::parse_str(
+            r#"{"type":"record","name":"r","fields":[{"name":"id","type":"string"},{"name":"n","type":["null","long"],"default":null}]}"#,
+        )
+        .unwrap();
+        Box::leak(Box::new(s))
+    }
+
+    fn row(i: i64) -> Value {
+        Value::Record(vec![
+            ("id".into(), Value::String(format!("row-{i:08}-{}", "x".repeat(40)))),
+            ("n".into(), Value::Union(1, Box::new(Value::Long(i)))),
+        ])
+    }
+
+    fn read_all(bytes: &[u8]) -> (Vec<Value>, HashMap<String, Vec<u8>>) {
+        let r = Reader::new(bytes).unwrap();
+        let meta = r.user_metadata().clone();
+        (r.map(|v| v.unwrap()).collect(), meta)
+    }
+
+    #[test]
+    fn streamed_parts_reassemble_into_a_valid_file() {
+        for codec in [
+            Codec::Null,
+            Codec::Snappy,
+            Codec::Zstandard(apache_avro::ZstandardSettings::new(3)),
+            Codec::Deflate(apache_avro::DeflateSettings::default()),
+        ] {
+            let mut enc = FileEncoder::new(schema(), codec, 100_000).unwrap();
+            let mut parts = Vec::new();
+            for i in 0..50_000 {
+                enc.append(&row(i)).unwrap();
+                if let Some(p) = enc.take_part() {
+                    assert!(p.len() >= 100_000);
+                    parts.push(p);
+                }
+            }
+            let meta = vec![("form_etl.source.topic".to_owned(), "t".to_owned())];
+            let f = enc.finish(&meta).unwrap();
+            assert_eq!(f.rows, 50_000);
+            let mut file = f.head;
+            for p in &parts {
+                file.extend_from_slice(p);
+            }
+            file.extend_from_slice(&f.tail);
+            let (rows, meta) = read_all(&file);
+            assert_eq!(rows.len(), 50_000, "{codec:?}");
+            assert_eq!(meta.get("form_etl.source.topic").unwrap(), b"t");
+            if codec == Codec::Null {
+                assert!(!parts.is_empty(), "a big file streams parts");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_count_is_deterministic() {
+        let run = || {
+            let mut enc = FileEncoder::new(schema(), Codec::Snappy, 1 << 20).unwrap();
+            for i in 0..10_000 {
+                enc.append(&row(i)).unwrap();
+            }
+            enc.encoded_bytes()
+        };
+        assert_eq!(run(), run());
+        assert!(run() > 0);
+    }
+
+    #[test]
+    fn empty_tail_small_file() {
+        let mut enc = FileEncoder::new(schema(), Codec::Null, 1 << 20).unwrap();
+        enc.append(&row(1)).unwrap();
+        let f = enc.finish(&[]).unwrap();
+        let (rows, _) = read_all(&[f.head, f.tail].concat());
+        assert_eq!(rows, vec![row(1)]);
+    }
+}

@@ -1,0 +1,126 @@
+//! When a partition's open segment must be closed.
+//!
+//! Every rule here looks only at the segment's own content (its input records, their Kafka
+//! timestamps, the rows and encoded bytes of its files), never at the wall clock: a replay of
+//! the same offsets from the same segment start closes the segment at the same offset, so it
+//! rewrites the same object keys with the same rows. Wall-clock flushes (idle partition, memory
+//! pressure, shutdown) are decided elsewhere and sealed in the consumer group before any of the
+//! segment's objects becomes visible (see `commit.rs`).
+
+use std::time::Duration;
+
+/// What a roll decision is based on, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RollReason {
+    /// A file reached `max-records` rows.
+    MaxRecords,
+    /// A file reached `max-bytes` encoded bytes.
+    MaxBytes,
+    /// The next record is `max-age` (record time) younger than the segment's first record.
+    MaxAge,
+    /// A replay reached the boundary sealed by an earlier run.
+    Sealed,
+    /// No record for the idle flush interval (wall clock: sealed before upload).
+    Idle,
+    /// The memory budget was exceeded: the largest partition is flushed (sealed).
+    Memory,
+    /// Shutdown or `--max-records` (sealed).
+    Drain,
+}
+
+impl RollReason {
+    /// Whether a replay from the segment start reproduces this boundary by itself.
+    pub(crate) fn is_deterministic(self) -> bool {
+        matches!(
+            self,
+            RollReason::MaxRecords | RollReason::MaxBytes | RollReason::MaxAge | RollReason::Sealed
+        )
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RollReason::MaxRecords => "max_records",
+            RollReason::MaxBytes => "max_bytes",
+            RollReason::MaxAge => "max_age",
+            RollReason::Sealed => "sealed",
+            RollReason::Idle => "idle",
+            RollReason::Memory => "memory",
+            RollReason::Drain => "drain",
+        }
+    }
+}
+
+/// The deterministic part of the rolling policy (Arroyo's `RollingPolicy::should_roll`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RollingPolicy {
+    pub(crate) max_records: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_age: Duration,
+}
+
+/// The size of one open file, as seen by the policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FileSize {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+}
+
+impl RollingPolicy {
+    /// Checked before a record joins the open segment: roll at the record's offset when its
+    /// Kafka timestamp is `max-age` past the segment's first record.
+    pub(crate) fn roll_before(&self, segment_first_ts_ms: i64, record_ts_ms: i64) -> Option<RollReason> {
+        let age_ms = record_ts_ms.saturating_sub(segment_first_ts_ms);
+        (age_ms >= 0 && age_ms as u128 >= self.max_age.as_millis()).then_some(RollReason::MaxAge)
+    }
+
+    /// Checked after a record's rows were appended: roll after that record when one file is full.
+    pub(crate) fn roll_after(&self, files: impl IntoIterator<Item = FileSize>) -> Option<RollReason> {
+        for f in files {
+            if f.rows >= self.max_records {
+                return Some(RollReason::MaxRecords);
+            }
+            if f.bytes >= self.max_bytes {
+                return Some(RollReason::MaxBytes);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RollingPolicy {
+        RollingPolicy { max_records: 3, max_bytes: 100, max_age: Duration::from_secs(60) }
+    }
+
+    #[test]
+    fn age_is_record_time() {
+        let p = policy();
+        assert_eq!(p.roll_before(1_000, 60_999), None);
+        assert_eq!(p.roll_before(1_000, 61_000), Some(RollReason::MaxAge));
+        // A record older than the segment start (producer clock skew) never rolls.
+        assert_eq!(p.roll_before(100_000, 1_000), None);
+    }
+
+    #[test]
+    fn size_limits() {
+        let p = policy();
+        assert_eq!(p.roll_after([FileSize { rows: 2, bytes: 99 }]), None);
+        assert_eq!(
+            p.roll_after([FileSize { rows: 1, bytes: 1 }, FileSize { rows: 3, bytes: 1 }]),
+            Some(RollReason::MaxRecords)
+        );
+        assert_eq!(p.roll_after([FileSize { rows: 1, bytes: 100 }]), Some(RollReason::MaxBytes));
+    }
+
+    #[test]
+    fn wall_clock_reasons_are_not_deterministic() {
+        assert!(RollReason::MaxAge.is_deterministic());
+        assert!(RollReason::Sealed.is_deterministic());
+        assert!(!RollReason::Idle.is_deterministic());
+        assert!(!RollReason::Memory.is_deterministic());
+        assert!(!RollReason::Drain.is_deterministic());
+    }
+}

@@ -1,0 +1,289 @@
+//! The sink's main loop: consume `form.enriched`, feed the pipeline thread, run uploads and
+//! commits, follow rebalances, drain on shutdown.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use connector_common::Shutdown;
+use connector_common::telemetry::Health;
+use futures::FutureExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::commit::{Manager, TxnCommitter, parse_seal};
+use crate::config::SinkConfig;
+use crate::pipeline::{Cmd, InFlightBudget, InRecord, Pipeline, PipelineSettings};
+use crate::tables::TableCodec;
+use crate::transform::Transform;
+
+/// Records handed to the pipeline in one command (amortises the SmartModule call).
+const BATCH_MAX: usize = 1000;
+/// Commands queued for the pipeline thread.
+const CMD_CAPACITY: usize = 4;
+/// Events queued from the pipeline thread (parts carry their own memory budget).
+const EVENT_CAPACITY: usize = 1024;
+/// Wall-clock tick: idle flushes, commits, gauges, drain progress.
+const TICK: Duration = Duration::from_millis(100);
+/// librdkafka buffers up to 64 MiB per consumer by default; keep it inside our memory bound.
+const QUEUED_MAX_KBYTES: &str = "16384";
+
+#[derive(Debug)]
+enum RebalanceEvent {
+    Assign(Vec<i32>),
+    Revoke(Vec<i32>),
+}
+
+/// Records rebalances for the main loop (which runs them in order with the records).
+#[derive(Debug, Default)]
+pub(crate) struct SinkContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let ps = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().expect("rebalance lock").push(RebalanceEvent::Revoke(ps));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let ps = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().expect("rebalance lock").push(RebalanceEvent::Assign(ps));
+        }
+    }
+}
+
+/// Options from the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct RunOptions {
+    pub(crate) max_records: Option<u64>,
+}
+
+/// Counters shared with the progress line.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) records_in: AtomicU64,
+}
+
+/// Runs the sink until shutdown (or `--max-records`), then drains and commits.
+pub(crate) async fn run(
+    cfg: SinkConfig,
+    opts: RunOptions,
+    transform: Box<dyn Transform>,
+    shutdown: Shutdown,
+    health: Health,
+    progress: Arc<Progress>,
+) -> anyhow::Result<()> {
+    let topic = cfg.kafka.topic.clone();
+    let uploader = cfg.s3.uploader().await;
+    if cfg.s3.create_bucket || matches!(uploader, crate::upload::Uploader::File { .. }) {
+        uploader.ensure_bucket().await.context("creating the output bucket")?;
+    }
+
+    let mut cc = cfg.kafka.client_config();
+    cc.set("group.id", cfg.group())
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set_if_absent("queued.max.messages.kbytes", QUEUED_MAX_KBYTES);
+    if let Some(c) = &cfg.meta.consumer
+        && let Some(b) = c.max_bytes
+    {
+        cc.set("max.partition.fetch.bytes", b.as_u64().to_string());
+    }
+    let consumer: Arc<StreamConsumer<SinkContext>> =
+        Arc::new(cc.create_with_context(SinkContext::default()).context("creating the Kafka consumer")?);
+    consumer.subscribe(&[&topic]).context("subscribing")?;
+
+    let mut pc = cfg.kafka.client_config();
+    pc.set("transactional.id", cfg.transactional_id()).set("enable.idempotence", "true");
+    for k in ["group.instance.id", "session.timeout.ms", "isolation.level", "auto.offset.reset"] {
+        pc.remove(k);
+    }
+    let producer: ThreadedProducer<_> = pc.create().context("creating the Kafka producer (dead letters, commits)")?;
+    let timeout = cfg.commit.timeout;
+    let producer = tokio::task::spawn_blocking(move || producer.init_transactions(timeout).map(|()| producer))
+        .await?
+        .context("initialising Kafka transactions (is the transactional id used by a live instance?)")?;
+    let committer = Arc::new(TxnCommitter {
+        producer,
+        consumer: consumer.clone(),
+        topic: topic.clone(),
+        dlq_topic: cfg.dlq.topic.clone(),
+        connector: cfg.meta.name.clone(),
+        timeout,
+    });
+
+    let budget = cfg.s3.memory_budget.as_u64() as usize;
+    let inflight = InFlightBudget::new(budget / 2);
+    let settings = PipelineSettings {
+        topic: topic.clone(),
+        prefix: cfg.s3.prefix.clone(),
+        policy: cfg.s3.rolling(),
+        idle_flush: cfg.s3.idle_flush,
+        open_budget: budget / 2,
+        part_size: cfg.s3.part_size.as_u64() as usize,
+        codec: cfg.s3.codec.codec(),
+    };
+    let tables = TableCodec::load_default().context("loading the Avro schemas")?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(CMD_CAPACITY);
+    let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_CAPACITY);
+    let pipeline = Pipeline::new(settings, transform, tables, ev_tx, inflight.clone());
+    let pipeline_thread = std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || pipeline.run(cmd_rx))
+        .context("starting the pipeline thread")?;
+
+    let mut manager = Manager::new(uploader, cfg.s3.retry.clone(), committer);
+    let mut pending: VecDeque<Cmd> = VecDeque::new();
+    let mut epoch = 0u64;
+    let mut forwarded = 0u64;
+    let mut draining = false;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_commit = Instant::now();
+    let mut last_idle_tick = Instant::now();
+    health.set_ready(true);
+    info!(%topic, group = cfg.group(), "Sink running.");
+
+    let rebalance = |pending: &mut VecDeque<Cmd>, manager: &mut Manager, epoch: &mut u64| -> anyhow::Result<()> {
+        let events: Vec<RebalanceEvent> = std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"));
+        for ev in events {
+            match ev {
+                RebalanceEvent::Revoke(ps) => {
+                    info!(partitions = ?ps, "Partitions revoked.");
+                    for p in ps {
+                        manager.revoke(p);
+                        pending.push_back(Cmd::Revoke { partition: p });
+                    }
+                }
+                RebalanceEvent::Assign(ps) => {
+                    let mut tpl = TopicPartitionList::new();
+                    for p in &ps {
+                        tpl.add_partition(&topic, *p);
+                    }
+                    let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(30)))
+                        .context("reading the committed offsets")?;
+                    for p in ps {
+                        *epoch += 1;
+                        let e = committed.find_partition(&topic, p);
+                        let offset = e.as_ref().and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                        let seal = match (&e, offset) {
+                            (Some(e), Some(o)) => parse_seal(o, e.metadata()),
+                            _ => None,
+                        };
+                        info!(partition = p, committed = ?offset, ?seal, "Partition assigned.");
+                        manager.assign(p, *epoch, offset);
+                        pending.push_back(Cmd::Assign { partition: p, epoch: *epoch, seal });
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+
+    loop {
+        let can_consume = pending.is_empty() && !draining;
+        tokio::select! {
+            biased;
+            Some(ev) = ev_rx.recv() => manager.on_event(ev),
+            Some(done) = manager.done_rx.recv() => manager.on_done(done),
+            permit = cmd_tx.reserve(), if !pending.is_empty() => {
+                permit.context("the pipeline thread stopped")?.send(pending.pop_front().expect("non-empty"));
+            }
+            _ = shutdown.wait(), if !draining => {
+                info!("Draining: closing open files, uploading, committing.");
+                draining = true;
+                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                pending.push_back(Cmd::Drain);
+            }
+            _ = tick.tick() => {
+                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                if !draining && pending.is_empty() && last_idle_tick.elapsed() >= Duration::from_secs(1) {
+                    pending.push_back(Cmd::Tick);
+                    last_idle_tick = Instant::now();
+                }
+                if last_commit.elapsed() >= cfg.commit.interval || draining {
+                    manager.commit_round().await?;
+                    last_commit = Instant::now();
+                }
+                metrics::gauge!("s3_sink_oldest_pending_record_age_seconds").set(manager.oldest_pending_age());
+                metrics::gauge!("s3_sink_inflight_bytes").set(inflight.used() as f64);
+                if draining && manager.drained && pending.is_empty() && manager.quiescent() {
+                    break;
+                }
+            }
+            msg = consumer.recv(), if can_consume => {
+                let first = match msg {
+                    Ok(m) => m.detach(),
+                    Err(e) => {
+                        warn!(error = %e, "Kafka consumer error (retried by the client).");
+                        continue;
+                    }
+                };
+                // Rebalances seen while polling come before this record.
+                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                let limit = opts.max_records.map_or(BATCH_MAX as u64, |m| (m - forwarded).min(BATCH_MAX as u64)) as usize;
+                let mut batch = vec![to_record(&first)];
+                while batch.len() < limit {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(m)) => {
+                            let m = m.detach();
+                            if !consumer.context().events.lock().expect("rebalance lock").is_empty() {
+                                pending.push_back(Cmd::Batch(std::mem::take(&mut batch)));
+                                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                            }
+                            batch.push(to_record(&m));
+                        }
+                        Some(Err(e)) => {
+                            warn!(error = %e, "Kafka consumer error (retried by the client).");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                forwarded += batch.len() as u64;
+                progress.records_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                pending.push_back(Cmd::Batch(batch));
+                if opts.max_records.is_some_and(|m| forwarded >= m) {
+                    info!(records = forwarded, "--max-records reached: draining.");
+                    draining = true;
+                    pending.push_back(Cmd::Drain);
+                }
+            }
+        }
+    }
+    manager.commit_round().await?;
+    info!(committed = %manager.committed_summary(), files = manager.files_uploaded, "Drained: every file is uploaded and every offset committed.");
+    drop(cmd_tx);
+    match pipeline_thread.join() {
+        Ok(r) => r?,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+    Ok(())
+}
+
+fn to_record(m: &rdkafka::message::OwnedMessage) -> InRecord {
+    InRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+    }
+}
