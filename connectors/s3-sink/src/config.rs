@@ -10,7 +10,7 @@ use connector_common::dlq::DlqConfig;
 use connector_common::kafka::KafkaConfig;
 use connector_common::retry::RetryPolicy;
 use connector_common::telemetry::MetricsConfig;
-use connector_common::{ByteSize, Secret, humantime_serde};
+use connector_common::{ByteSize, Secret};
 use serde::Deserialize;
 
 use crate::rolling::RollingPolicy;
@@ -92,13 +92,13 @@ pub(crate) struct TransformStep {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub(crate) struct CommitConfig {
     /// How often durable progress is committed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "connector_common::duration")]
     pub(crate) interval: Duration,
     /// Kafka `transactional.id`; default `{meta.name}-{group}`. Must differ per running
     /// instance when several share a group (a restart with the same id fences the old one).
     pub(crate) transactional_id: Option<String>,
     /// Timeout of each transaction step.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "connector_common::duration")]
     pub(crate) timeout: Duration,
 }
 
@@ -178,10 +178,10 @@ pub(crate) struct S3Config {
     pub(crate) max_bytes: ByteSize,
     /// A segment closes before a record whose Kafka timestamp is this much later than its
     /// first record's (record time, so a replay closes it at the same offset).
-    #[serde(default = "default_max_age", with = "humantime_serde")]
+    #[serde(default = "default_max_age", with = "connector_common::duration")]
     pub(crate) max_age: Duration,
     /// A partition with open files and no new record for this long is flushed.
-    #[serde(default = "default_idle_flush", with = "humantime_serde")]
+    #[serde(default = "default_idle_flush", with = "connector_common::duration")]
     pub(crate) idle_flush: Duration,
     /// Memory for open files and uploads in flight, all partitions together.
     #[serde(default = "default_memory_budget")]

@@ -96,8 +96,10 @@ pub(crate) async fn run(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set_if_absent("queued.max.messages.kbytes", QUEUED_MAX_KBYTES);
+        .set("auto.offset.reset", "earliest");
+    if cc.get("queued.max.messages.kbytes").is_none() {
+        cc.set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES);
+    }
     if let Some(c) = &cfg.meta.consumer
         && let Some(b) = c.max_bytes
     {
