@@ -1,1 +1,23 @@
-//! Placeholder.
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod event;
+mod flatten;
+pub mod seed;
+mod time;
+
+#[cfg(feature = "golden")]
+#[doc(hidden)]
+pub mod golden;
+
+#[cfg(feature = "avro")]
+pub mod avro;
+
+pub use error::{DlqReason, RecordError};
+pub use event::{DELETED_EVENT_TYPE, EnrichedRecord, Event, Source, validate_api_form};
+pub use flatten::{
+    FORM_FIELD_TABLE, FORM_TABLE, Flattened, Row, TIMESTAMP_COLUMNS, flatten, flatten_to_json,
+    row_event_date,
+};
+pub use seed::{CANARY_RETRIEVED_MICROS, canary_record, seed_enriched};
+pub use time::{TimestampError, format_rfc3339_micros, micros_to_date, parse_timestamp};

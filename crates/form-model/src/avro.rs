@@ -1,0 +1,362 @@
+//! The Avro side (feature `avro`, host only): the two table schemas, embedded from
+//! `config/*.avsc`, and rows → `apache_avro` values, checked column by column.
+
+use std::sync::OnceLock;
+
+use apache_avro::Schema;
+use apache_avro::types::Value as AvroValue;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::error::{DlqReason, type_name};
+use crate::flatten::{FORM_FIELD_TABLE, FORM_TABLE, Flattened, Row};
+
+/// `config/form.avsc`, as embedded.
+pub const FORM_SCHEMA_JSON: &str = include_str!("../../../config/form.avsc");
+/// `config/form_field.avsc`, as embedded.
+pub const FORM_FIELD_SCHEMA_JSON: &str = include_str!("../../../config/form_field.avsc");
+
+/// One of the two output tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `form`: one row per event.
+    Form,
+    /// `form_field`: one row per field per event.
+    FormField,
+}
+
+/// The Avro type of a column (inside its `["null", T]` union if nullable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// `string`
+    String,
+    /// `boolean`
+    Boolean,
+    /// `long`
+    Long,
+    /// `double`
+    Double,
+    /// `long` with logicalType `timestamp-micros` (UTC)
+    TimestampMicros,
+}
+
+impl ColumnType {
+    fn name(self) -> &'static str {
+        match self {
+            Self::String => "a string",
+            Self::Boolean => "a boolean",
+            Self::Long => "an integer (long)",
+            Self::Double => "a number (double)",
+            Self::TimestampMicros => "an integer (timestamp-micros)",
+        }
+    }
+}
+
+/// A column of a table's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Avro type.
+    pub ty: ColumnType,
+    /// `["null", T]` with default null.
+    pub nullable: bool,
+}
+
+#[derive(Debug)]
+struct TableSchema {
+    schema: Schema,
+    columns: Vec<Column>,
+}
+
+impl Table {
+    /// Both tables.
+    pub const ALL: [Table; 2] = [Table::Form, Table::FormField];
+
+    /// `form` / `form_field` (also the key of the rows in the SmartModule output).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Form => FORM_TABLE,
+            Self::FormField => FORM_FIELD_TABLE,
+        }
+    }
+
+    /// The table named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The schema's JSON text (`config/<table>.avsc`).
+    pub fn schema_json(self) -> &'static str {
+        match self {
+            Self::Form => FORM_SCHEMA_JSON,
+            Self::FormField => FORM_FIELD_SCHEMA_JSON,
+        }
+    }
+
+    /// The parsed schema (parsed once).
+    pub fn schema(self) -> &'static Schema {
+        &self.table_schema().schema
+    }
+
+    /// The columns, in schema order.
+    pub fn columns(self) -> &'static [Column] {
+        &self.table_schema().columns
+    }
+
+    fn table_schema(self) -> &'static TableSchema {
+        static FORM: OnceLock<TableSchema> = OnceLock::new();
+        static FORM_FIELD: OnceLock<TableSchema> = OnceLock::new();
+        let cell = match self {
+            Self::Form => &FORM,
+            Self::FormField => &FORM_FIELD,
+        };
+        cell.get_or_init(|| {
+            // The embedded schemas are checked by the tests: failing here is a build defect.
+            let schema = Schema::parse_str(self.schema_json())
+                .unwrap_or_else(|e| panic!("embedded schema of `{}`: {e}", self.name()));
+            let columns = columns_of(&schema)
+                .unwrap_or_else(|e| panic!("embedded schema of `{}`: {e}", self.name()));
+            TableSchema { schema, columns }
+        })
+    }
+}
+
+fn columns_of(schema: &Schema) -> Result<Vec<Column>, String> {
+    let Schema::Record(record) = schema else {
+        return Err("not a record".to_owned());
+    };
+    record
+        .fields
+        .iter()
+        .map(|f| {
+            let (inner, nullable) = match &f.schema {
+                Schema::Union(u) => match u.variants() {
+                    [Schema::Null, t] => (t, true),
+                    _ => return Err(format!("column `{}`: only [\"null\", T] unions", f.name)),
+                },
+                t => (t, false),
+            };
+            let ty = match inner {
+                Schema::String => ColumnType::String,
+                Schema::Boolean => ColumnType::Boolean,
+                Schema::Long => ColumnType::Long,
+                Schema::Double => ColumnType::Double,
+                Schema::TimestampMicros => ColumnType::TimestampMicros,
+                other => return Err(format!("column `{}`: unsupported type {other:?}", f.name)),
+            };
+            Ok(Column {
+                name: f.name.clone(),
+                ty,
+                nullable,
+            })
+        })
+        .collect()
+}
+
+/// What is wrong with a row's column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The row has a column the schema lacks.
+    NotInSchema,
+    /// A required (non-nullable) column is absent or null.
+    MissingRequired,
+    /// The value's type does not fit the column.
+    WrongType {
+        /// The column's type.
+        expected: &'static str,
+        /// The value's JSON type.
+        found: &'static str,
+    },
+}
+
+/// A row that does not fit its table's schema (DLQ reason `schema_mismatch`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("table `{table}` column `{column}`: {}", problem_text(.problem))]
+pub struct SchemaMismatch {
+    /// Table name.
+    pub table: &'static str,
+    /// Column name.
+    pub column: String,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+fn problem_text(p: &Problem) -> String {
+    match p {
+        Problem::NotInSchema => "not in the schema".to_owned(),
+        Problem::MissingRequired => "required column missing or null".to_owned(),
+        Problem::WrongType { expected, found } => format!("expected {expected}, found {found}"),
+    }
+}
+
+impl SchemaMismatch {
+    /// Always [`DlqReason::SchemaMismatch`].
+    pub fn reason(&self) -> DlqReason {
+        DlqReason::SchemaMismatch
+    }
+}
+
+/// Converts a row into an Avro record value of `table`'s schema (fields in schema order,
+/// nullable columns as union branch 0 = null / 1 = value, timestamps as
+/// `TimestampMicros`). Consumes the row (strings are moved, not copied). An absent column
+/// is null.
+pub fn row_to_value(table: Table, mut row: Row) -> Result<AvroValue, SchemaMismatch> {
+    let columns = table.columns();
+    let mut fields = Vec::with_capacity(columns.len());
+    for col in columns {
+        let value = row.swap_remove(&col.name).unwrap_or(Value::Null);
+        let mismatch = |problem| SchemaMismatch {
+            table: table.name(),
+            column: col.name.clone(),
+            problem,
+        };
+        let avro = if value.is_null() {
+            if !col.nullable {
+                return Err(mismatch(Problem::MissingRequired));
+            }
+            AvroValue::Union(0, Box::new(AvroValue::Null))
+        } else {
+            let found = type_name(&value);
+            let v = match (col.ty, value) {
+                (ColumnType::String, Value::String(s)) => Some(AvroValue::String(s)),
+                (ColumnType::Boolean, Value::Bool(b)) => Some(AvroValue::Boolean(b)),
+                (ColumnType::Long, Value::Number(n)) => n.as_i64().map(AvroValue::Long),
+                (ColumnType::TimestampMicros, Value::Number(n)) => {
+                    n.as_i64().map(AvroValue::TimestampMicros)
+                }
+                (ColumnType::Double, Value::Number(n)) => n.as_f64().map(AvroValue::Double),
+                _ => None,
+            };
+            let Some(v) = v else {
+                return Err(mismatch(Problem::WrongType {
+                    expected: col.ty.name(),
+                    found,
+                }));
+            };
+            if col.nullable {
+                AvroValue::Union(1, Box::new(v))
+            } else {
+                v
+            }
+        };
+        fields.push((col.name.clone(), avro));
+    }
+    if let Some((extra, _)) = row.into_iter().next() {
+        return Err(SchemaMismatch {
+            table: table.name(),
+            column: extra,
+            problem: Problem::NotInSchema,
+        });
+    }
+    Ok(AvroValue::Record(fields))
+}
+
+/// Converts all rows of one flattened record: `(form values, form_field values)`. The first
+/// mismatching row fails the whole record (it goes to the DLQ as one).
+pub fn flattened_to_values(
+    flattened: Flattened,
+) -> Result<(Vec<AvroValue>, Vec<AvroValue>), SchemaMismatch> {
+    let form = flattened
+        .form
+        .into_iter()
+        .map(|r| row_to_value(Table::Form, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let form_field = flattened
+        .form_field
+        .into_iter()
+        .map(|r| row_to_value(Table::FormField, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((form, form_field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(json: &str) -> Row {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn schemas_parse_and_resolve() {
+        for t in Table::ALL {
+            assert!(!t.columns().is_empty());
+            assert_eq!(Table::from_name(t.name()), Some(t));
+        }
+    }
+
+    #[test]
+    fn converts_and_validates_a_form_row() {
+        let ok = row(
+            r#"{"id":"a","title":"t","type":"quiz","settings_show_time_to_complete":true,
+            "retrieved_timestamp":5,"event_happened_at":6,"event_type":"created"}"#,
+        );
+        let v = row_to_value(Table::Form, ok).unwrap();
+        assert!(v.validate(Table::Form.schema()), "{v:?}");
+        let AvroValue::Record(fields) = v else {
+            unreachable!()
+        };
+        assert_eq!(fields[0], ("id".into(), AvroValue::String("a".into())));
+        assert_eq!(
+            fields[1],
+            (
+                "type".into(),
+                AvroValue::Union(1, Box::new(AvroValue::String("quiz".into())))
+            )
+        );
+        assert_eq!(
+            fields[3],
+            (
+                "settings_language".into(),
+                AvroValue::Union(0, Box::new(AvroValue::Null))
+            )
+        );
+        assert_eq!(
+            fields[10],
+            ("retrieved_timestamp".into(), AvroValue::TimestampMicros(5))
+        );
+    }
+
+    #[test]
+    fn mismatches_name_table_and_column() {
+        let base = r#""id":"a","title":"t","retrieved_timestamp":5,"event_happened_at":6,"event_type":"x""#;
+        let cases = [
+            (
+                format!("{{{base},\"colour\":\"red\"}}"),
+                "colour",
+                Problem::NotInSchema,
+            ),
+            (
+                r#"{"id":"a","retrieved_timestamp":5,"event_happened_at":6,"event_type":"x"}"#
+                    .to_owned(),
+                "title",
+                Problem::MissingRequired,
+            ),
+            (
+                format!("{{{base},\"settings_show_time_to_complete\":\"yes\"}}"),
+                "settings_show_time_to_complete",
+                Problem::WrongType {
+                    expected: "a boolean",
+                    found: "a string",
+                },
+            ),
+        ];
+        for (json, column, problem) in cases {
+            let e = row_to_value(Table::Form, row(&json)).unwrap_err();
+            assert_eq!(e.table, "form");
+            assert_eq!(e.column, column);
+            assert_eq!(e.problem, problem);
+            assert!(e.to_string().contains(column), "{e}");
+        }
+        let e = row_to_value(
+            Table::FormField,
+            row(r#"{"id":"f","type":"number","validations_max_value":1.5}"#),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "table `form_field` column `validations_max_value`: expected an integer (long), found a number"
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! The flattening rules (DESIGN.md "Modelling rules"): one enriched record in, the rows of
+//! both tables out, written straight to JSON (the SmartModule's output value).
+//!
+//! Output: `{"form":[{…}],"form_field":[{…},…]}`. Nested objects are joined with `_` to any
+//! depth, arrays (other than the form's `fields`) become their compact JSON text, scalars are
+//! kept; timestamps are integers (microseconds since the Unix epoch, UTC). An absent column
+//! means null.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{RecordError, type_name};
+use crate::event::{DELETED_EVENT_TYPE, timestamp_field, validate_event};
+
+/// One row: column name → value (insertion-ordered).
+pub type Row = Map<String, Value>;
+
+/// Table names, as in the output object and the S3 keys.
+pub const FORM_TABLE: &str = "form";
+/// Table names, as in the output object and the S3 keys.
+pub const FORM_FIELD_TABLE: &str = "form_field";
+/// Timestamp columns (integers, microseconds since the Unix epoch, UTC).
+pub const TIMESTAMP_COLUMNS: [&str; 4] = [
+    "retrieved_timestamp",
+    "event_happened_at",
+    "form_retrieved_timestamp",
+    "form_event_happened_at",
+];
+
+/// The rows of one enriched record (the SmartModule's output value, parsed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flattened {
+    /// `form` rows (one per record).
+    pub form: Vec<Row>,
+    /// `form_field` rows (one per field of the form).
+    pub form_field: Vec<Row>,
+}
+
+impl Flattened {
+    /// Parses the SmartModule's output value.
+    pub fn from_slice(bytes: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Serializes back to the output format.
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Flattens one `form.enriched` value into rows.
+pub fn flatten(input: &[u8]) -> Result<Flattened, RecordError> {
+    let mut out = Vec::with_capacity(input.len() * 3);
+    flatten_to_json(input, &mut out)?;
+    // Our own output always parses.
+    Flattened::from_slice(&out).map_err(|e| RecordError::InvalidJson {
+        detail: format!("internal: flattened output does not parse: {e}"),
+    })
+}
+
+/// Flattens one `form.enriched` value, appending the output JSON to `out` (nothing is
+/// appended on error). This is the hot path: the input is parsed once and walked by
+/// reference; the form's columns are serialized once and copied into each field row.
+pub fn flatten_to_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let start = out.len();
+    let result = flatten_inner(input, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let top: Value = serde_json::from_slice(input).map_err(|e| RecordError::InvalidJson {
+        detail: e.to_string(),
+    })?;
+    let Value::Object(top) = top else {
+        return Err(RecordError::WrongType {
+            field: "(record)".to_owned(),
+            expected: "an object",
+            found: type_name(&top),
+        });
+    };
+    let event = match top.get("event") {
+        Some(Value::Object(event)) => event,
+        None | Some(Value::Null) => {
+            return Err(RecordError::MissingField {
+                field: "event".to_owned(),
+            });
+        }
+        Some(other) => {
+            return Err(RecordError::WrongType {
+                field: "event".to_owned(),
+                expected: "an object",
+                found: type_name(other),
+            });
+        }
+    };
+    let ev = validate_event(event, "event.")?;
+    let retrieved = match top.get("retrieved_timestamp") {
+        Some(Value::String(s)) => timestamp_field(s, "retrieved_timestamp")?,
+        None | Some(Value::Null) => {
+            return Err(RecordError::MissingField {
+                field: "retrieved_timestamp".to_owned(),
+            });
+        }
+        Some(other) => {
+            return Err(RecordError::WrongType {
+                field: "retrieved_timestamp".to_owned(),
+                expected: "a string",
+                found: type_name(other),
+            });
+        }
+    };
+
+    // The columns every row of this record gets from the event.
+    let mut event_cols = Vec::with_capacity(64 + ev.event_type.len());
+    event_cols.extend_from_slice(b"\"retrieved_timestamp\":");
+    write_i64(&mut event_cols, retrieved);
+    event_cols.extend_from_slice(b",\"event_happened_at\":");
+    write_i64(&mut event_cols, ev.happened_at_micros);
+    event_cols.extend_from_slice(b",\"event_type\":");
+    write_str(&mut event_cols, ev.event_type);
+
+    match top.get("form") {
+        Some(Value::Object(form)) => {
+            let fields = match form.get("fields") {
+                None | Some(Value::Null) => &[][..],
+                Some(Value::Array(fields)) => fields.as_slice(),
+                Some(other) => {
+                    return Err(RecordError::WrongType {
+                        field: "form.fields".to_owned(),
+                        expected: "an array",
+                        found: type_name(other),
+                    });
+                }
+            };
+            if let Some(i) = fields.iter().position(|f| !f.is_object()) {
+                return Err(RecordError::WrongType {
+                    field: format!("form.fields[{i}]"),
+                    expected: "an object",
+                    found: type_name(&fields[i]),
+                });
+            }
+
+            out.extend_from_slice(b"{\"form\":[{");
+            let mut first = true;
+            let mut path = Vec::new();
+            write_columns(out, &mut path, form, true, &mut first);
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(&event_cols);
+            out.extend_from_slice(b"}],\"form_field\":[");
+
+            if !fields.is_empty() {
+                // The form's columns, prefixed `form_`, once for all field rows.
+                let mut form_cols = Vec::with_capacity(out.len());
+                let mut first = true;
+                path.clear();
+                path.extend_from_slice(b"form_");
+                write_columns(&mut form_cols, &mut path, form, true, &mut first);
+                if !first {
+                    form_cols.push(b',');
+                }
+                write_prefixed_event_cols(&mut form_cols, retrieved, &ev);
+
+                for (i, field) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'{');
+                    let mut first = true;
+                    path.clear();
+                    if let Value::Object(field) = field {
+                        write_columns(out, &mut path, field, false, &mut first);
+                    }
+                    if !first {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&form_cols);
+                    out.push(b'}');
+                }
+            }
+            out.extend_from_slice(b"]}");
+        }
+        Some(Value::Null) => {
+            if ev.event_type != DELETED_EVENT_TYPE {
+                return Err(RecordError::FormNotFound {
+                    form_id: ev.form_id.to_owned(),
+                    event_type: ev.event_type.to_owned(),
+                });
+            }
+            // The form is gone: a form row from the event alone, no field rows.
+            let Some(title) = ev.form_title else {
+                return Err(RecordError::MissingField {
+                    field: "event.form_title".to_owned(),
+                });
+            };
+            out.extend_from_slice(b"{\"form\":[{\"id\":");
+            write_str(out, ev.form_id);
+            out.extend_from_slice(b",\"title\":");
+            write_str(out, title);
+            out.push(b',');
+            out.extend_from_slice(&event_cols);
+            out.extend_from_slice(b"}],\"form_field\":[]}");
+        }
+        None => {
+            return Err(RecordError::MissingField {
+                field: "form".to_owned(),
+            });
+        }
+        Some(other) => {
+            return Err(RecordError::WrongType {
+                field: "form".to_owned(),
+                expected: "an object or null",
+                found: type_name(other),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write_prefixed_event_cols(
+    out: &mut Vec<u8>,
+    retrieved: i64,
+    ev: &crate::event::EventFields<'_>,
+) {
+    out.extend_from_slice(b"\"form_retrieved_timestamp\":");
+    write_i64(out, retrieved);
+    out.extend_from_slice(b",\"form_event_happened_at\":");
+    write_i64(out, ev.happened_at_micros);
+    out.extend_from_slice(b",\"form_event_type\":");
+    write_str(out, ev.event_type);
+}
+
+/// Writes `"path+key":value` pairs for every scalar (or array) under `object`, recursing into
+/// nested objects with `key_` appended to `path` (already JSON-escaped bytes).
+fn write_columns(
+    out: &mut Vec<u8>,
+    path: &mut Vec<u8>,
+    object: &Map<String, Value>,
+    skip_fields: bool,
+    first: &mut bool,
+) {
+    for (key, value) in object {
+        if skip_fields && key == "fields" {
+            continue;
+        }
+        if let Value::Object(inner) = value {
+            let len = path.len();
+            write_escaped(path, key);
+            path.push(b'_');
+            write_columns(out, path, inner, false, first);
+            path.truncate(len);
+            continue;
+        }
+        if !*first {
+            out.push(b',');
+        }
+        *first = false;
+        out.push(b'"');
+        out.extend_from_slice(path);
+        write_escaped(out, key);
+        out.extend_from_slice(b"\":");
+        match value {
+            Value::Array(_) => {
+                // Compact JSON text of the array, as a string column.
+                let text = serde_json::to_string(value).unwrap_or_default();
+                write_str(out, &text);
+            }
+            Value::String(s) => write_str(out, s),
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(true) => out.extend_from_slice(b"true"),
+            Value::Bool(false) => out.extend_from_slice(b"false"),
+            // Numbers keep serde_json's text (integers exact, floats shortest round-trip).
+            other => {
+                let _ = serde_json::to_writer(&mut *out, other);
+            }
+        }
+    }
+}
+
+fn write_i64(out: &mut Vec<u8>, v: i64) {
+    // Enough for any i64.
+    let mut buf = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    write_escaped(out, s);
+    out.push(b'"');
+}
+
+/// JSON string escaping without the quotes (non-ASCII kept as UTF-8).
+fn write_escaped(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// The event date (`YYYY-MM-DD`, UTC) of a row of either table, from its
+/// `event_happened_at` (form) or `form_event_happened_at` (form_field) column; for the
+/// sink's object keys. `None` if the row has neither as an integer.
+pub fn row_event_date(row: &Row) -> Option<String> {
+    let micros = row
+        .get("event_happened_at")
+        .or_else(|| row.get("form_event_happened_at"))?
+        .as_i64()?;
+    Some(crate::time::micros_to_date(micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_serde_json() {
+        for s in [
+            "plain",
+            "q\"b\\s",
+            "ctl\u{1}\u{1f}\n\t\r\u{8}\u{c}",
+            "ünï😀",
+            "",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+        for v in [0i64, 7, -7, i64::MAX, i64::MIN, 1_664_715_615_000_000] {
+            let mut out = Vec::new();
+            write_i64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn nothing_written_on_error() {
+        let mut out = b"keep".to_vec();
+        assert!(flatten_to_json(b"{\"event\":{}}", &mut out).is_err());
+        assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn event_date_of_rows() {
+        let f: Row = serde_json::from_str(r#"{"event_happened_at":1664715615000000}"#).unwrap();
+        assert_eq!(row_event_date(&f).as_deref(), Some("2022-10-02"));
+        let ff: Row =
+            serde_json::from_str(r#"{"form_event_happened_at":1664715615000000}"#).unwrap();
+        assert_eq!(row_event_date(&ff).as_deref(), Some("2022-10-02"));
+        assert_eq!(row_event_date(&Row::new()), None);
+    }
+}
