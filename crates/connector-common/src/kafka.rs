@@ -1,0 +1,115 @@
+//! The `kafka:` section both connectors embed, and building an rdkafka `ClientConfig` from it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+/// Kafka connection and topic. TLS, SASL and any other librdkafka setting go in `properties`
+/// (values may use `${{ secrets.NAME }}`), e.g. `security.protocol: SASL_SSL`,
+/// `sasl.mechanism: SCRAM-SHA-512`, `sasl.username`, `sasl.password`, `ssl.ca.location`.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`bootstrap.servers`).
+    pub brokers: String,
+    /// The Kafka topic: the one a source consumes, or the one a sink reads.
+    pub topic: String,
+    /// Consumer group id (`group.id`); defaults to `meta.name`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// librdkafka properties passed through unchanged (to consumer and producer alike).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Property keys whose values are never printed.
+fn is_sensitive(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "key", "token", "jaas"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_sensitive(k) { "****" } else { v.as_str() };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("properties", &props)
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    /// Checks values; `prefix` is this section's key (`kafka`).
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{prefix}.brokers"),
+                "must list at least one broker, e.g. `127.0.0.1:9092`",
+            ));
+        }
+        if self.topic.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{prefix}.topic"),
+                "must not be empty",
+            ));
+        }
+        for reserved in ["bootstrap.servers", "group.id"] {
+            if self.properties.contains_key(reserved) {
+                return Err(ConfigError::invalid(
+                    format!("{prefix}.properties.{reserved}"),
+                    "is set from `brokers`/`group`; remove it from `properties`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The group id: `group`, else `default`.
+    pub fn group_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.group.as_deref().unwrap_or(default)
+    }
+
+    /// A client config with `bootstrap.servers` and every passthrough property set.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_sensitive_properties() {
+        let k: KafkaConfig = serde_yaml::from_str(
+            "brokers: b:9092\ntopic: t\nproperties:\n  sasl.password: hunter2\n  security.protocol: SASL_SSL\n",
+        )
+        .unwrap();
+        let d = format!("{k:?}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(d.contains("SASL_SSL"), "{d}");
+        let c = k.client_config();
+        assert_eq!(c.get("sasl.password"), Some("hunter2"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+    }
+}
