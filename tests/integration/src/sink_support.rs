@@ -1,0 +1,487 @@
+//! Helpers for the s3-sink integration tests (`tests/sink.rs`, `tests/e2e.rs`): topics, enriched
+//! records, per-test configs, spawning the connector binaries, reading the Avro objects back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+pub fn kafka_addr() -> String {
+    std::env::var("FORM_ETL_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn s3_endpoint() -> String {
+    std::env::var("FORM_ETL_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+}
+
+/// `true` if the cluster answers; otherwise panics under `FORM_ETL_REQUIRE_CLUSTER=1`, or
+/// prints why the test is skipped.
+pub fn cluster_available(test: &str) -> bool {
+    let ok = [
+        kafka_addr(),
+        s3_endpoint().trim_start_matches("http://").to_owned(),
+    ]
+    .iter()
+    .all(|a| {
+        std::net::TcpStream::connect_timeout(&a.parse().expect("host:port"), Duration::from_secs(2))
+            .is_ok()
+    });
+    if !ok {
+        let msg =
+            format!("{test}: the local cluster is not running (start it with `make cluster-up`)");
+        if std::env::var("FORM_ETL_REQUIRE_CLUSTER").as_deref() == Ok("1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED {msg}");
+    }
+    ok
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Polls `f` until it returns `Some`, or fails after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn create_topic(name: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .create()?;
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?;
+    for r in res {
+        if let Err((t, e)) = r {
+            bail!("creating topic {t}: {e}");
+        }
+    }
+    Ok(())
+}
+
+pub fn producer() -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()?)
+}
+
+/// Produces `(partition, key, value)` records, in order, and waits for all.
+pub async fn produce(topic: &str, records: &[(i32, String, Vec<u8>)]) -> Result<()> {
+    let p = producer()?;
+    let mut futs = Vec::new();
+    for (part, k, v) in records {
+        let rec = FutureRecord::to(topic)
+            .partition(*part)
+            .key(k.as_bytes())
+            .payload(v.as_slice());
+        futs.push(p.send_result(rec).map_err(|(e, _)| e)?);
+        if futs.len() >= 5000 {
+            for f in futs.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in futs {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    p.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// End offsets of every partition of `topic`.
+pub fn end_offsets(topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .create()?;
+    (0..partitions)
+        .map(|p| Ok(c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))
+        .collect()
+}
+
+/// Committed offsets of `group` on `topic` (-1: none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok((0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect())
+}
+
+/// An enriched record for form `id` with `fields` fields, as kafka-source writes it.
+pub fn enriched(id: &str, fields: usize, day: u32, source_offset: i64) -> Vec<u8> {
+    let fields: Vec<serde_json::Value> = (0..fields)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("{id}-q{i}"), "title": format!("Question {i}?"), "reference": format!("r{i}"),
+                "type": "open_text",
+                "validations": {"required": i % 2 == 0, "max_length": 100 + i},
+                "attachment": {"type": "image", "href": "https://images.example/x"}
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "event": {"form_id": id, "form_title": "t", "event_happened_at": format!("2022-10-{day:02} 13:00:15"), "event_type": "created"},
+        "form": {"id": id, "type": "quiz", "title": format!("Formulaire n°{id}"),
+                 "settings": {"language": "fr", "progress_bar": "proportion", "show_time_to_complete": true,
+                              "meta": {"allow_indexing": false}},
+                 "fields": fields},
+        "retrieved_timestamp": "2026-01-02T03:04:05.123456Z",
+        "source": {"topic": "form.events", "partition": 0, "offset": source_offset}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A per-test sink config. `extra_s3` lines are appended to the `s3:` section.
+#[derive(Debug)]
+pub struct SinkSetup {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub topic: String,
+    pub group: String,
+    pub dlq_topic: String,
+    pub prefix: String,
+    pub bucket: String,
+    pub endpoint: String,
+    pub metrics_port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl SinkSetup {
+    pub fn new(
+        name: &str,
+        topic: &str,
+        dlq_topic: &str,
+        endpoint: &str,
+        bucket: &str,
+        extra_s3: &str,
+    ) -> Result<Self> {
+        let dir = root().join("target/it").join(unique(name));
+        std::fs::create_dir_all(&dir)?;
+        let group = unique(&format!("{name}-g"));
+        let prefix = unique(name);
+        let metrics_port = free_port();
+        let text = format!(
+            "apiVersion: 0.2.0
+meta: {{name: {name}, type: s3-sink, version: 0.1.0, topic: {topic}, secrets: [{{name: S3_ACCESS_KEY_ID}}, {{name: S3_SECRET_ACCESS_KEY}}]}}
+kafka:
+  brokers: {kafka}
+  topic: {topic}
+  group: {group}
+  properties:
+    group.instance.id: {group}-i
+    session.timeout.ms: '10000'
+dlq: {{topic: {dlq_topic}}}
+metrics: {{address: '127.0.0.1:{metrics_port}', progress-interval: 2s}}
+commit: {{interval: 200ms}}
+transforms: [{{uses: form-flatten}}]
+s3:
+  endpoint: {endpoint}
+  region: us-east-1
+  bucket: {bucket}
+  prefix: {prefix}
+  path-style: true
+  access-key-id: ${{{{ secrets.S3_ACCESS_KEY_ID }}}}
+  secret-access-key: ${{{{ secrets.S3_SECRET_ACCESS_KEY }}}}
+{extra_s3}",
+            kafka = kafka_addr(),
+        );
+        let config = dir.join("sink.yaml");
+        std::fs::write(&config, text)?;
+        Ok(Self {
+            dir,
+            config,
+            topic: topic.into(),
+            group,
+            dlq_topic: dlq_topic.into(),
+            prefix,
+            bucket: bucket.into(),
+            endpoint: endpoint.into(),
+            metrics_port,
+        })
+    }
+
+    /// Starts `target/release/s3-sink` (log appended to `dir/sink.log`).
+    pub fn spawn(&self, extra_args: &[&str]) -> Result<Child> {
+        let bin = root().join("target/release/s3-sink");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run `cargo build --release -p s3-sink`",
+            bin.display()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("sink.log"))?;
+        Command::new(bin)
+            .current_dir(root())
+            .arg("--config")
+            .arg(&self.config)
+            .args(extra_args)
+            .env("S3_ACCESS_KEY_ID", "admin")
+            .env("S3_SECRET_ACCESS_KEY", "password")
+            .env("RUST_LOG", "info,s3_sink=debug,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning s3-sink")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sink.log")).unwrap_or_default()
+    }
+
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        s3_client(&self.endpoint).await
+    }
+
+    /// The `/metrics` text, if the sink answers.
+    pub async fn metrics(&self) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        reqwest::get(url).await.ok()?.text().await.ok()
+    }
+}
+
+pub async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let creds = aws_credential_types::Credentials::new("admin", "password", None, None, "tests");
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+pub async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
+    if s3.head_bucket().bucket(bucket).send().await.is_err() {
+        s3.create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .context("creating bucket")?;
+    }
+    Ok(())
+}
+
+/// Every key under `prefix`.
+pub async fn list(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(format!("{prefix}/"))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .context("listing objects")?;
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+        match out.next_continuation_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
+pub async fn get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>> {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .with_context(|| format!("GET {key}"))?;
+    Ok(out.body.collect().await?.into_bytes().to_vec())
+}
+
+/// Downloads every object under `prefix` into `dir` (same relative layout); returns the paths.
+pub async fn download_all(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for key in list(s3, bucket, prefix).await? {
+        let path = dir.join(&key);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, get(s3, bucket, &key).await?)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// Rows of Avro files read with fastavro (a reader that is not ours): one JSON object per row,
+/// plus `__file` (path) and `__meta` (the file's `form_etl.*` metadata).
+pub fn read_with_fastavro(files: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
+    let python = std::env::var("FORM_ETL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".cache/venv/bin/python"));
+    anyhow::ensure!(
+        python.exists(),
+        "{} is missing (installed by `make cluster-up`)",
+        python.display()
+    );
+    let script = r#"
+import sys, json, fastavro
+for path in sys.argv[1:]:
+    with open(path, 'rb') as f:
+        r = fastavro.reader(f)
+        meta = {k: v.decode() if isinstance(v, bytes) else v for k, v in r.metadata.items() if k.startswith('form_etl.')}
+        for rec in r:
+            for k, v in list(rec.items()):
+                if hasattr(v, 'isoformat'):
+                    rec[k] = v.isoformat()
+            rec['__file'] = path
+            rec['__meta'] = meta
+            print(json.dumps(rec, ensure_ascii=False))
+"#;
+    let mut rows = Vec::new();
+    for chunk in files.chunks(200) {
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .args(chunk)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fastavro failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8(out.stdout)?.lines() {
+            rows.push(serde_json::from_str(line)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// Counts the rows of `files` with Java avro-tools (`count`), if its jar and `java` are here.
+pub fn count_with_avro_tools(files: &[PathBuf]) -> Result<Option<u64>> {
+    let jar = std::fs::read_dir(root().join(".cache/avro"))
+        .ok()
+        .and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "jar"))
+        });
+    let Some(jar) = jar else { return Ok(None) };
+    let mut total = 0;
+    for chunk in files.chunks(500) {
+        let out = Command::new("java")
+            .arg("-jar")
+            .arg(&jar)
+            .arg("count")
+            .args(chunk)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "avro-tools count failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        total += text
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("0")
+            .trim()
+            .parse::<u64>()
+            .context("avro-tools count output")?;
+    }
+    Ok(Some(total))
+}
+
+/// Sends SIGTERM and waits for the exit status.
+pub fn terminate(child: &mut Child, deadline: Duration) -> Result<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            bail!("the process did not exit within {deadline:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Counts of values by key, for duplicate checks.
+pub fn duplicates<K: Ord + Clone>(items: impl IntoIterator<Item = K>) -> Vec<(K, usize)> {
+    let mut m = BTreeMap::new();
+    for k in items {
+        *m.entry(k).or_insert(0usize) += 1;
+    }
+    m.into_iter().filter(|(_, n)| *n > 1).collect()
+}

@@ -1,0 +1,404 @@
+//! s3-sink against the real local cluster: exactly once across `kill -9`, an S3 outage, and
+//! dead letters for rows that do not fit the schema.
+//!
+//! Needs `cargo build --release -p s3-sink` and `make cluster-up`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use form_etl_tests::sink_support::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+const PARTITIONS: i32 = 3;
+
+/// `(partition, key, value)` for `n` enriched records; returns them and the field-row count.
+fn records(n: usize, tag: &str) -> (Vec<(i32, String, Vec<u8>)>, usize) {
+    let mut out = Vec::with_capacity(n);
+    let mut fields = 0;
+    for i in 0..n {
+        let id = format!("{tag}-{i:06}");
+        let k = 1 + i % 9;
+        fields += k;
+        out.push((
+            (i % PARTITIONS as usize) as i32,
+            id.clone(),
+            enriched(&id, k, 1 + (i % 3) as u32, i as i64),
+        ));
+    }
+    (out, fields)
+}
+
+/// Rows of every object of the run, read with apache-avro (Rust) — and counted again with
+/// avro-tools (Java) when its jar is installed.
+struct Output {
+    /// (table, form id, field id or "") per row.
+    rows: Vec<(String, String, String)>,
+    files: Vec<PathBuf>,
+}
+
+async fn read_output(setup: &SinkSetup) -> Result<Output> {
+    let s3 = setup.s3().await;
+    let dir = setup.dir.join("download");
+    let _ = std::fs::remove_dir_all(&dir);
+    let files = download_all(&s3, &setup.bucket, &setup.prefix, &dir).await?;
+    let mut rows = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&dir)?.to_string_lossy().into_owned();
+        let table = rel.split('/').nth(1).context("table dir")?.to_owned();
+        let bytes = std::fs::read(f)?;
+        let reader =
+            apache_avro::Reader::new(bytes.as_slice()).with_context(|| format!("reading {rel}"))?;
+        let meta = reader.user_metadata().clone();
+        assert_eq!(
+            meta.get("form_etl.table").map(Vec::as_slice),
+            Some(table.as_bytes()),
+            "{rel}"
+        );
+        let first: i64 =
+            String::from_utf8(meta["form_etl.source.first_offset"].clone())?.parse()?;
+        assert!(
+            rel.ends_with(&format!("+{first:020}.avro")),
+            "{rel} named by its first offset {first}"
+        );
+        for v in reader {
+            let v = apache_avro::from_value::<serde_json::Value>(&v?)?;
+            let s = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            rows.push(if table == "form" {
+                (table.clone(), s("id"), String::new())
+            } else {
+                (table.clone(), s("form_id"), s("id"))
+            });
+        }
+    }
+    Ok(Output { rows, files })
+}
+
+fn check_exact(out: &Output, n: usize, fields: usize) {
+    let form = out.rows.iter().filter(|r| r.0 == "form").count();
+    let field = out.rows.iter().filter(|r| r.0 == "form_field").count();
+    let dups = duplicates(out.rows.iter().cloned());
+    assert!(
+        dups.is_empty(),
+        "duplicated rows: {} e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+    assert_eq!(form, n, "form rows");
+    assert_eq!(field, fields, "form_field rows");
+    if let Some(total) = count_with_avro_tools(&out.files).expect("avro-tools reads every file") {
+        assert_eq!(total as usize, n + fields, "avro-tools count");
+    }
+}
+
+async fn wait_committed(setup: &SinkSetup, deadline: Duration) -> Result<()> {
+    let end = end_offsets(&setup.topic, PARTITIONS)?;
+    wait_for("the sink to commit every offset", deadline, || {
+        let (group, topic, end) = (setup.group.clone(), setup.topic.clone(), end.clone());
+        async move {
+            let c = committed(&group, &topic, PARTITIONS)?;
+            Ok((c == end).then_some(()))
+        }
+    })
+    .await
+}
+
+async fn topics(name: &str) -> Result<(String, String)> {
+    let topic = unique(&format!("{name}-in"));
+    let dlq = unique(&format!("{name}-dlq"));
+    create_topic(&topic, PARTITIONS).await?;
+    create_topic(&dlq, 1).await?;
+    Ok((topic, dlq))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_five_times_no_row_lost_or_duplicated() -> Result<()> {
+    if !cluster_available("kill_9_five_times") {
+        return Ok(());
+    }
+    let (topic, dlq) = topics("kill").await?;
+    let n = 50_000;
+    let (recs, fields) = records(n, "k");
+    produce(&topic, &recs).await?;
+    let setup = SinkSetup::new(
+        "kill",
+        &topic,
+        &dlq,
+        &s3_endpoint(),
+        "output",
+        "  max-records: 4000\n  max-age: 1s\n  idle-flush: 1s\n  codec: zstd\n",
+    )?;
+    for round in 0..5 {
+        let mut child = setup.spawn(&[])?;
+        // A random moment: between 0.5 and 4 s after start (start-up included).
+        let ms = 500 + rand::random::<u64>() % 3500;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        assert!(
+            child.try_wait()?.is_none(),
+            "the sink died on its own in round {round}:\n{}",
+            setup.log()
+        );
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        eprintln!(
+            "round {round}: killed after {ms} ms; committed {:?}",
+            committed(&setup.group, &topic, PARTITIONS)?
+        );
+    }
+    let mut child = setup.spawn(&[])?;
+    let res = wait_committed(&setup, Duration::from_secs(240)).await;
+    let status = terminate(&mut child, Duration::from_secs(60))?;
+    res.with_context(|| setup.log())?;
+    assert!(status.success(), "exit status {status}");
+    let out = read_output(&setup).await?;
+    check_exact(&out, n, fields);
+    eprintln!("{} files, {} rows", out.files.len(), out.rows.len());
+    Ok(())
+}
+
+/// A separate S3 server (never the shared one) that the test stops and restarts.
+struct OwnS3 {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnS3 {
+    fn start(dir: &Path) -> Result<Self> {
+        let mut s = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        std::fs::create_dir_all(&s.dir)?;
+        s.up()?;
+        Ok(s)
+    }
+
+    fn up(&mut self) -> Result<()> {
+        let bin = root().join(".cache/tools/bin/s3s-fs");
+        let child = Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--access-key",
+                "admin",
+                "--secret-key",
+                "password",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting s3s-fs")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn down(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.down();
+    }
+}
+
+async fn wait_port(port: u16) -> Result<()> {
+    wait_for(
+        "the S3 server to listen",
+        Duration::from_secs(30),
+        || async move {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_ok()
+                .then_some(()))
+        },
+    )
+    .await
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_down_for_20s_stalls_then_resumes_exactly() -> Result<()> {
+    if !cluster_available("s3_down_for_20s") {
+        return Ok(());
+    }
+    let (topic, dlq) = topics("s3down").await?;
+    let base = root().join("target/it").join(unique("s3down-data"));
+    let mut s3 = OwnS3::start(&base)?;
+    wait_port(s3.port).await?;
+    let client = s3_client(&s3.endpoint()).await;
+    ensure_bucket(&client, "output").await?;
+    let setup = SinkSetup::new(
+        "s3down",
+        &topic,
+        &dlq,
+        &s3.endpoint(),
+        "output",
+        "  max-records: 2000\n  idle-flush: 1s\n",
+    )?;
+    let mut child = setup.spawn(&[])?;
+
+    let n = 20_000;
+    let (recs, fields) = records(n, "s");
+    let (first, second) = recs.split_at(n / 2);
+    produce(&topic, first).await?;
+    // Some files are out, then S3 goes away.
+    wait_for("the first files", Duration::from_secs(60), || {
+        let (c, b, p) = (client.clone(), setup.bucket.clone(), setup.prefix.clone());
+        async move { Ok((list(&c, &b, &p).await?.len() >= 2).then_some(())) }
+    })
+    .await?;
+    s3.down()?;
+    let stopped = std::time::Instant::now();
+    produce(&topic, second).await?;
+    // While S3 is down the sink keeps running, retries, and commits nothing past what is in S3.
+    let committed_during = committed(&setup.group, &topic, PARTITIONS)?;
+    wait_for(
+        "upload errors to be counted",
+        Duration::from_secs(20),
+        || {
+            let s = &setup;
+            async move {
+                Ok(s.metrics().await.filter(|m| {
+                    metric(m, "component_errors_total{error_type=\"upload_failed\"") > 0.0
+                }))
+            }
+        },
+    )
+    .await?;
+    let remaining = Duration::from_secs(20).saturating_sub(stopped.elapsed());
+    tokio::time::sleep(remaining).await; // the outage lasts 20 s: this is the scenario, not a wait
+    assert!(
+        child.try_wait()?.is_none(),
+        "the sink must stall, not exit:\n{}",
+        setup.log()
+    );
+    let end = end_offsets(&topic, PARTITIONS)?;
+    let now = committed(&setup.group, &topic, PARTITIONS)?;
+    assert_ne!(now, end, "nothing can be fully committed while S3 is down");
+    assert!(now.iter().zip(&committed_during).all(|(a, b)| a >= b));
+    s3.up()?;
+    wait_port(s3.port).await?;
+    let res = wait_committed(&setup, Duration::from_secs(120)).await;
+    let status = terminate(&mut child, Duration::from_secs(60))?;
+    res.with_context(|| setup.log())?;
+    assert!(status.success(), "exit status {status}");
+    let out = read_output(&setup).await?;
+    check_exact(&out, n, fields);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_mismatch_goes_to_the_dlq_with_the_original_record() -> Result<()> {
+    if !cluster_available("schema_mismatch") {
+        return Ok(());
+    }
+    let (topic, dlq) = topics("dlq").await?;
+    let (mut recs, fields) = records(30, "d");
+    // Record 7: the API grew a new attribute the schema does not have.
+    let mut bad: serde_json::Value = serde_json::from_slice(&recs[7].2)?;
+    bad["form"]["settings"]["brand_new_setting"] = serde_json::json!("surprise");
+    let bad_value = bad.to_string().into_bytes();
+    recs[7].2 = bad_value.clone();
+    let bad_fields = 1 + 7 % 9;
+    produce(&topic, &recs).await?;
+    let setup = SinkSetup::new(
+        "dlq",
+        &topic,
+        &dlq,
+        &s3_endpoint(),
+        "output",
+        "  idle-flush: 1s\n",
+    )?;
+    let mut child = setup.spawn(&["--max-records", "30"])?;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    assert!(status.success(), "exit status {status}:\n{}", setup.log());
+    assert_eq!(
+        committed(&setup.group, &topic, PARTITIONS)?,
+        end_offsets(&topic, PARTITIONS)?
+    );
+
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    c.subscribe(&[&dlq])?;
+    let mut got = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while got.is_empty() && std::time::Instant::now() < end {
+        if let Some(m) = c.poll(Duration::from_millis(500)) {
+            got.push(m?.detach());
+        }
+    }
+    assert_eq!(got.len(), 1, "one dead letter");
+    let m = &got[0];
+    assert_eq!(
+        m.payload(),
+        Some(bad_value.as_slice()),
+        "the original value, untouched"
+    );
+    assert_eq!(m.key(), Some(recs[7].1.as_bytes()));
+    let h: BTreeMap<String, String> = {
+        use rdkafka::message::Headers;
+        let hs = m.headers().context("headers")?;
+        hs.iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(h["dlq.reason"], "schema_mismatch");
+    assert!(
+        h["dlq.detail"].contains("settings_brand_new_setting"),
+        "{}",
+        h["dlq.detail"]
+    );
+    assert_eq!(h["dlq.source.topic"], topic);
+    assert_eq!(h["dlq.source.partition"], (7 % PARTITIONS).to_string());
+    assert_eq!(h["dlq.source.offset"], (7 / PARTITIONS).to_string());
+    assert_eq!(h["dlq.connector"], "dlq");
+
+    let out = read_output(&setup).await?;
+    let forms: BTreeSet<&str> = out
+        .rows
+        .iter()
+        .filter(|r| r.0 == "form")
+        .map(|r| r.1.as_str())
+        .collect();
+    assert_eq!(forms.len(), 29);
+    assert!(!forms.contains(recs[7].1.as_str()));
+    check_exact(&out, 29, fields - bad_fields);
+    Ok(())
+}
