@@ -44,6 +44,18 @@ SERVICES=(kafka s3 forms-api)
 say() { printf '[cluster] %s\n' "$*"; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Serializes cluster-up/cluster-down runs (several people share one machine). The lock is fd 8;
+# started services must not inherit it (start() closes it). Nested calls skip it.
+cluster_lock() {
+  [[ -n "${FORM_ETL_CLUSTER_LOCKED:-}" ]] && return 0
+  mkdir -p "$STATE"
+  exec 8>"$STATE/.lock"
+  if ! flock -w 600 8; then
+    die "another cluster-up/cluster-down holds $STATE/.lock for more than 10 minutes"
+  fi
+  export FORM_ETL_CLUSTER_LOCKED=1
+}
+
 log_file() { echo "$STATE/$1.log"; }
 pid_file() { echo "$STATE/$1.pid"; }
 

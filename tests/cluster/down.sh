@@ -29,6 +29,7 @@ stop() {
   say "stopped $name (pid $pid)"
 }
 
+cluster_lock
 what=("$@")
 ((${#what[@]})) || what=("${SERVICES[@]}")
 # Stop the forms API and S3 in parallel with Kafka's (slower) clean shutdown.

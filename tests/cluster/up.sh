@@ -21,6 +21,7 @@ if wanted forms-api && { [[ ! -x "$FORMS_API_BIN" ]] || [[ -n "$(find "$ROOT/tes
 fi
 
 mkdir -p "$STATE"
+cluster_lock
 
 # Refuses to start NAME when its port is taken by a process that is not ours.
 check_port_free() {
@@ -36,7 +37,7 @@ start() {
   shift
   log="$(log_file "$name")"
   printf '\n===== %s starting %s =====\n' "$(date -u +%FT%TZ)" "$name" >>"$log"
-  setsid "$@" >>"$log" 2>&1 </dev/null &
+  setsid "$@" >>"$log" 2>&1 </dev/null 8>&- &
   pid=$!
   echo "$pid" >"$(pid_file "$name")"
   say "started $name (pid $pid, log $log)"
