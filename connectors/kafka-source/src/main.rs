@@ -1,1 +1,59 @@
-fn main() {}
+//! `kafka-source` binary: wiring only.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use connector_common::cli::CommonArgs;
+use connector_common::telemetry::{self, Health};
+use kafka_source::config::{DEFAULT_CONFIG_PATH, SourceConfig};
+use kafka_source::enrich::Enricher;
+use kafka_source::source::{self, Stats};
+use tracing::{error, info};
+
+/// Kafka form events → forms API enrichment → form.enriched, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "kafka-source", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() {
+    let args = Args::parse();
+    let cfg: SourceConfig = args.common.load_config_or_exit(DEFAULT_CONFIG_PATH);
+    telemetry::init_logging(args.common.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    match rt.block_on(run(cfg, args.common.max_records)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            error!(error = format!("{e:#}"), "kafka-source failed.");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cfg: SourceConfig, max_records: Option<u64>) -> anyhow::Result<()> {
+    info!(name = %cfg.meta.name, input = %cfg.kafka.topic, output = %cfg.output_topic(), api = %cfg.enrich.uri, "Starting kafka-source.");
+    let shutdown = connector_common::shutdown_signal();
+    let handle = telemetry::install_metrics()?;
+    let health = Health::default();
+    telemetry::serve_http(cfg.metrics.address, handle, health.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("binding the metrics endpoint {}", cfg.metrics.address))?;
+    let enricher = Enricher::new(&cfg.enrich, health.clone())?;
+    let stats = Arc::new(Stats::default());
+    let progress = {
+        let (stats, enricher) = (stats.clone(), enricher.clone());
+        telemetry::spawn_progress(cfg.metrics.progress_interval, shutdown.clone(), move |dt| {
+            source::progress_line(&stats, &enricher, dt)
+        })
+    };
+    let result = source::run(cfg, enricher, stats, health, shutdown.clone(), max_records).await;
+    shutdown.trigger();
+    progress.abort();
+    result
+}

@@ -1,0 +1,272 @@
+//! `config/form-events-source.yaml`: the kafka-source connector's configuration.
+
+use std::time::Duration;
+
+use connector_common::config::ApiVersion;
+use connector_common::dlq::DlqConfig;
+use connector_common::kafka::KafkaConfig;
+use connector_common::retry::RetryPolicy;
+use connector_common::telemetry::MetricsConfig;
+use connector_common::{ConfigError, ConnectorConfig, MetaConfig, Secret};
+use serde::Deserialize;
+use url::Url;
+
+/// Where `--config` points by default.
+pub const DEFAULT_CONFIG_PATH: &str = "config/form-events-source.yaml";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Always `0.2.0`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: ApiVersion,
+    /// Name, type (`kafka-source`), version, output topic (`form.enriched`), secrets, producer options.
+    pub meta: MetaConfig,
+    /// Input: brokers, topic (`form.events`), consumer group, librdkafka properties.
+    pub kafka: KafkaConfig,
+    /// Dead-letter topic.
+    #[serde(default)]
+    pub dlq: DlqConfig,
+    /// `/metrics` + `/health` address and progress-line interval.
+    pub metrics: MetricsConfig,
+    /// The forms API.
+    pub enrich: EnrichConfig,
+    /// Transactions and flow control.
+    #[serde(default)]
+    pub source: SourceOptions,
+}
+
+/// The `enrich:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Base URL; forms are read from `{uri}/internal.forms/{form_id}`.
+    pub uri: Url,
+    /// Bearer token (use `${{ secrets.NAME }}`); absent = no Authorization header.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Timeout of one request, connect to last body byte.
+    #[serde(default = "default_timeout", with = "connector_common::duration")]
+    pub timeout: Duration,
+    /// Events being enriched at once (ordered; the consumer pauses when this many are waiting).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Retries of 5xx, 408, 429, timeouts and connection errors (for ever: an unreachable
+    /// API pauses the source, it never dead-letters). `max-attempts` is not allowed here.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// The form cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Default request timeout: the API answers in milliseconds; 5 s means it hangs.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of events in flight: enough to hide API latency at >10k events/s.
+const DEFAULT_CONCURRENCY: usize = 1024;
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
+}
+
+/// The `enrich.cache` section. A cached form serves an event only if it was retrieved at or
+/// after the event's `event_happened_at` and is younger than `ttl`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Longest a retrieved form is reused.
+    #[serde(with = "connector_common::duration")]
+    pub ttl: Duration,
+    /// Most forms kept.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// The `source:` section: transactions and shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct SourceOptions {
+    /// Commit the transaction once this many input records are in it…
+    pub commit_max_records: usize,
+    /// …or once the oldest has waited this long.
+    #[serde(with = "connector_common::duration")]
+    pub commit_interval: Duration,
+    /// `transaction.timeout.ms`: the broker aborts a transaction of a dead instance after this.
+    #[serde(with = "connector_common::duration")]
+    pub transaction_timeout: Duration,
+    /// On SIGINT/SIGTERM, wait at most this long for in-flight events before the final commit.
+    #[serde(with = "connector_common::duration")]
+    pub drain_timeout: Duration,
+    /// Prefix of the transactional id (a unique suffix is added per process); default `meta.name`.
+    pub transactional_id_prefix: Option<String>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            commit_max_records: 5_000,
+            commit_interval: Duration::from_millis(100),
+            // librdkafka's default is 60 s; shorter lets a restart after kill -9 go on sooner.
+            transaction_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            transactional_id_prefix: None,
+        }
+    }
+}
+
+impl ConnectorConfig for SourceConfig {
+    const TYPE: &'static str = "kafka-source";
+
+    fn meta(&self) -> &MetaConfig {
+        &self.meta
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate("kafka")?;
+        if let Some(s) = self.kafka.properties.get("partition.assignment.strategy")
+            && s.contains("cooperative")
+        {
+            return Err(ConfigError::invalid(
+                "kafka.properties.partition.assignment.strategy",
+                "must be an eager strategy (`range`, `roundrobin`): on a rebalance the open transaction is aborted for every partition",
+            ));
+        }
+        for k in ["enable.auto.commit", "transactional.id", "isolation.level"] {
+            if self.kafka.properties.contains_key(k) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.properties.{k}"),
+                    "is set by the connector (transactions); remove it",
+                ));
+            }
+        }
+        self.enrich.retry.validate("enrich.retry")?;
+        if self.enrich.retry.max_attempts.is_some() {
+            return Err(ConfigError::invalid(
+                "enrich.retry.max-attempts",
+                "is not allowed: the source retries an unreachable API for ever (it pauses, never dead-letters)",
+            ));
+        }
+        if !matches!(self.enrich.uri.scheme(), "http" | "https") {
+            return Err(ConfigError::invalid(
+                "enrich.uri",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.enrich.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "enrich.concurrency",
+                "must be greater than zero",
+            ));
+        }
+        if self.enrich.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "enrich.timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.enrich.cache.max_entries == 0 {
+            return Err(ConfigError::invalid(
+                "enrich.cache.max-entries",
+                "must be greater than zero",
+            ));
+        }
+        if self.source.commit_max_records == 0 {
+            return Err(ConfigError::invalid(
+                "source.commit-max-records",
+                "must be greater than zero",
+            ));
+        }
+        if self.source.transaction_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "source.transaction-timeout",
+                "must be at least 1s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    /// The output topic (`meta.topic`).
+    pub fn output_topic(&self) -> &str {
+        &self.meta.topic
+    }
+
+    /// The consumer group: `kafka.group`, else `meta.name`.
+    pub fn group(&self) -> &str {
+        self.kafka.group_or(&self.meta.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use connector_common::config::{config_files_of_type, dummy_secrets_for, load};
+
+    use super::*;
+
+    /// Every `kafka-source` file in `config/` parses and validates.
+    #[test]
+    fn every_config_file_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let files = config_files_of_type(&dir, "kafka-source").unwrap();
+        assert!(!files.is_empty(), "no kafka-source config in {dir:?}");
+        for f in files {
+            let c: SourceConfig =
+                load(&f, &dummy_secrets_for(&f)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.kafka.topic, "form.events");
+            assert_eq!(c.output_topic(), "form.enriched");
+        }
+    }
+
+    #[test]
+    fn golden_errors() {
+        let base = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/form-events-source.yaml"),
+        )
+        .unwrap();
+        let secrets = connector_common::SecretStore::from_pairs([]);
+        let cases = [
+            (
+                "  concurrency: 1024\n",
+                "  concurrency: 0\n",
+                "x.yaml: `enrich.concurrency`: must be greater than zero",
+            ),
+            (
+                "  timeout: 5s\n",
+                "  timeout: 5s\n  retries: 3\n",
+                "x.yaml: `enrich.retries`: unknown field `retries`, expected one of `uri`, `token`, `timeout`, `concurrency`, `retry`, `cache`",
+            ),
+            (
+                "  uri: http://127.0.0.1:8000\n",
+                "  uri: not a url\n",
+                "x.yaml: `enrich.uri`: relative URL without a base: \"not a url\"",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(base.contains(from), "{from:?}");
+            let text = base.replacen(from, to, 1);
+            let err = connector_common::config::load_str::<SourceConfig>(
+                &text,
+                Path::new("x.yaml"),
+                &secrets,
+            )
+            .unwrap_err()
+            .to_string();
+            assert_eq!(err, want);
+        }
+    }
+}
