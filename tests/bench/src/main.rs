@@ -1,0 +1,1307 @@
+//! `form-etl-bench` (`make bench`): in one run against the local cluster, the connectors'
+//! throughput, peak RSS and CPU beside the ceilings of the same machine: raw Kafka produce,
+//! consume and consume→produce, and the forms API's capacity. Writes
+//! `target/bench/results.json` and the generated section of `BENCHMARKS.md`.
+
+mod api;
+mod connectors;
+mod events;
+mod kafka;
+mod monitor;
+mod report;
+mod stages;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use rdkafka::message::Message as _;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::{LoadReport, OwnApi, Pick};
+use crate::connectors::{Connector, Rewrite};
+use crate::events::Event;
+use crate::kafka::{PipeOut, Probe, Throughput};
+use crate::monitor::ProcReport;
+use crate::report::{Line, Machine, median};
+
+/// Targets of issue 6.
+const TARGET_E2E_EVENTS_PER_S: f64 = 40_000.0;
+const TARGET_SINK_VS_CONSUME: f64 = 0.5;
+const TARGET_SOURCE_VS_PIPE: f64 = 0.5;
+const TARGET_COLD_VS_API: f64 = 0.8;
+const TARGET_PEAK_RSS_MIB: f64 = 256.0;
+/// How often the progress probes sample topic watermarks / committed offsets.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// The forms the cluster's forms API serves (`make cluster-up`: `--generate 1000 --seed 42`).
+const CLUSTER_API_FORMS: usize = 1000;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "form-etl-bench",
+    about = "Throughput and memory of the connectors beside the machine's ceilings"
+)]
+struct Args {
+    /// Events per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Generated forms the events refer to (uniformly).
+    #[arg(long, default_value_t = 1_000)]
+    forms: usize,
+    /// Events (each about a different form) of the cold-cache run; default min(events, 100000).
+    #[arg(long)]
+    cold_events: Option<usize>,
+    /// Partitions of every bench topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Repeats (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The cluster's forms API (serves `--generate 1000 --seed 42`).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    api: String,
+    /// S3 endpoint and bucket the sink writes to.
+    #[arg(long, default_value = "http://127.0.0.1:9000")]
+    s3_endpoint: String,
+    #[arg(long, default_value = "output")]
+    bucket: String,
+    /// Where the connector binaries and forms-api are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// The connectors' committed YAML files.
+    #[arg(long, default_value = "config")]
+    config_dir: PathBuf,
+    /// Output directory (results.json, generated configs, logs).
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
+    /// The Markdown report (its generated section is replaced).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    report: PathBuf,
+    /// Requests in flight of the API load generator.
+    #[arg(long, default_value_t = 64)]
+    api_concurrency: usize,
+    /// Duration of the API capacity measurement.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    api_duration: Duration,
+    /// First port of our own forms-api processes (port, port+1 admin; port+2, port+3).
+    #[arg(long, default_value_t = 18100)]
+    own_api_port: u16,
+    /// `/metrics` ports of the connectors under test (source, sink).
+    #[arg(long, default_value_t = 19464)]
+    source_metrics_port: u16,
+    #[arg(long, default_value_t = 19465)]
+    sink_metrics_port: u16,
+    /// Producer compression of the raw ceilings.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Seed of the event generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Deadline of each stage.
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    stage_timeout: Duration,
+    /// Minimum seconds of each in-process stage timing.
+    #[arg(long, default_value_t = 1.0)]
+    stage_seconds: f64,
+    /// Keep the bench topics (default: deleted after each repeat).
+    #[arg(long)]
+    keep_topics: bool,
+    /// Measure the ceilings only.
+    #[arg(long)]
+    skip_connectors: bool,
+    /// Override of the kafka-source bench config, `KEY.PATH=VALUE` (repeatable), e.g.
+    /// `enrich.concurrency=256`: for profiling experiments.
+    #[arg(long = "source-set", value_name = "KEY=VALUE")]
+    source_set: Vec<String>,
+    /// Override of the s3-sink bench config, `KEY.PATH=VALUE` (repeatable), e.g. `s3.codec=snappy`.
+    #[arg(long = "sink-set", value_name = "KEY=VALUE")]
+    sink_set: Vec<String>,
+    /// Stages to run (comma separated): produce is always run; consume, pipe, source, sink, api,
+    /// cold, e2e. Default: all.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "consume,pipe,source,sink,api,cold,e2e"
+    )]
+    stages: Vec<String>,
+    /// How the bench was invoked, for the report (the Makefile passes it).
+    #[arg(long)]
+    command: Option<String>,
+}
+
+/// A connector run under the bench.
+#[derive(Debug, Clone, Serialize)]
+struct ConnectorRun {
+    /// Records asked for (`--max-records`).
+    events: u64,
+    /// events / seconds from spawn to exit (startup, group join, final commit included).
+    events_per_s: f64,
+    /// Rate between 10% and 90% of the records, from the connector's own progress lines
+    /// (else from the probe).
+    steady_events_per_s: Option<f64>,
+    /// Rate between 10% and 90% of the output, from the probe (watermarks / committed offsets).
+    probe_steady_events_per_s: Option<f64>,
+    /// Seconds from spawn to the first output the probe saw.
+    first_output_s: Option<f64>,
+    /// The process.
+    proc: ProcReport,
+    /// Exited 0 by itself with all records out.
+    ok: bool,
+    /// Input topic.
+    input: String,
+}
+
+/// End to end: both connectors running, events produced, until the sink has committed all.
+#[derive(Debug, Clone, Serialize)]
+struct EndToEnd {
+    events: u64,
+    /// Seconds from the first produce to the sink's exit after its last commit.
+    seconds: f64,
+    events_per_s: f64,
+    /// From the first produce to the last offset committed by the sink (probe).
+    seconds_to_last_commit: Option<f64>,
+    produce: Throughput,
+    source: ProcReport,
+    sink: ProcReport,
+    ok: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct Repeat {
+    repeat: usize,
+    raw_produce_events: Option<Throughput>,
+    raw_consume_events: Option<Throughput>,
+    raw_pipe: Option<Throughput>,
+    raw_consume_enriched: Option<Throughput>,
+    api_first_fetch: Option<LoadReport>,
+    api_capacity: Option<LoadReport>,
+    kafka_source_warm: Option<ConnectorRun>,
+    kafka_source_cold: Option<ConnectorRun>,
+    s3_sink: Option<ConnectorRun>,
+    end_to_end: Option<EndToEnd>,
+    notes: Vec<String>,
+}
+
+struct Ctx {
+    args: Args,
+    run_id: String,
+    source: Connector,
+    sink: Connector,
+    forms: Arc<Vec<Vec<u8>>>,
+    events: Arc<Vec<Event>>,
+    cold_events: Arc<Vec<Event>>,
+    api_base: String,
+    cold_api_base: String,
+}
+
+fn note(r: &mut Repeat, msg: String) {
+    eprintln!("bench: {msg}");
+    r.notes.push(msg);
+}
+
+fn say(msg: impl std::fmt::Display) {
+    eprintln!("bench: {msg}");
+}
+
+/// Runs a blocking closure off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+fn form_index(key: &[u8]) -> Option<usize> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("form-")?
+        .parse()
+        .ok()
+}
+
+impl Ctx {
+    fn topic(&self, r: usize, what: &str) -> String {
+        format!("bench-{}-r{r}-{what}", self.run_id)
+    }
+
+    fn rewrite(
+        &self,
+        r: usize,
+        stage: &str,
+        events: &str,
+        enriched: &str,
+        api: &str,
+        metrics_port: u16,
+    ) -> Rewrite {
+        Rewrite {
+            name: format!("bench-{}-r{r}-{stage}", self.run_id),
+            events_topic: events.to_owned(),
+            enriched_topic: enriched.to_owned(),
+            dlq_topic: self.topic(r, "dlq"),
+            group: format!("bench-{}-r{r}-{stage}", self.run_id),
+            brokers: self.args.brokers.clone(),
+            api_base: api.to_owned(),
+            metrics_addr: format!("127.0.0.1:{metrics_port}"),
+            prefix: format!("bench/{}/r{r}/{stage}", self.run_id),
+            s3_endpoint: self.args.s3_endpoint.clone(),
+            bucket: self.args.bucket.clone(),
+        }
+    }
+
+    fn produce_events(
+        &self,
+        topic: &str,
+        events: &Arc<Vec<Event>>,
+    ) -> impl FnOnce() -> anyhow::Result<Throughput> + use<> {
+        let (brokers, topic, compression, events) = (
+            self.args.brokers.clone(),
+            topic.to_owned(),
+            self.args.compression.clone(),
+            events.clone(),
+        );
+        move || {
+            kafka::produce(
+                &brokers,
+                &topic,
+                &compression,
+                events.iter().map(|e| (e.form_id.as_bytes(), &e.value[..])),
+            )
+        }
+    }
+
+    /// Writes the bench config of `c` and checks it with the binary.
+    fn config(&self, c: &Connector, rw: &Rewrite, file: &str) -> anyhow::Result<PathBuf> {
+        let path = self.args.out_dir.join("configs").join(file);
+        let overrides = if c.name == "kafka-source" {
+            &self.args.source_set
+        } else {
+            &self.args.sink_set
+        };
+        connectors::write_config(&c.template, rw, overrides, &path)?;
+        c.check(&path)?;
+        Ok(path)
+    }
+
+    /// Runs connector `c` with `--max-records n` and the probe until it exits.
+    async fn run_connector(
+        &self,
+        c: &Connector,
+        cfg: &Path,
+        n: u64,
+        probe: Probe,
+        log: &str,
+        input: &str,
+    ) -> anyhow::Result<ConnectorRun> {
+        let log = self.args.out_dir.join("logs").join(log);
+        let m = monitor::spawn(c.name, c.command(cfg, n), &log, self.args.stage_timeout)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let probe = kafka::spawn_probe(
+            &self.args.brokers,
+            probe,
+            self.args.partitions,
+            PROBE_EVERY,
+            stop.clone(),
+            m.started,
+        );
+        let proc = blocking(move || m.join()).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = blocking(move || probe.join().unwrap_or_default()).await;
+        let last = samples.last().map_or(0, |s| s.1);
+        let probe_steady = kafka::steady_rate(&samples, n, 0.1, 0.9);
+        let log_text = std::fs::read_to_string(&proc.log).unwrap_or_default();
+        let log_steady = kafka::steady_rate(
+            &kafka::progress_from_log(&log_text, c.progress_marker),
+            n,
+            0.1,
+            0.9,
+        );
+        Ok(ConnectorRun {
+            events: n,
+            events_per_s: n as f64 / proc.wall_seconds.max(1e-9),
+            steady_events_per_s: log_steady.or(probe_steady),
+            probe_steady_events_per_s: probe_steady,
+            first_output_s: kafka::time_to(&samples, 1),
+            ok: proc.ok() && last >= n,
+            proc,
+            input: input.to_owned(),
+        })
+    }
+}
+
+async fn one_repeat(ctx: &Ctx, r: usize) -> anyhow::Result<Repeat> {
+    let a = &ctx.args;
+    let n = ctx.events.len() as u64;
+    let cold_n = ctx.cold_events.len() as u64;
+    let mut rep = Repeat {
+        repeat: r,
+        ..Default::default()
+    };
+    let t_events = ctx.topic(r, "events");
+    let t_enriched = ctx.topic(r, "enriched");
+    let t_pipe = ctx.topic(r, "pipe");
+    let t_cold_events = ctx.topic(r, "cold-events");
+    let t_cold_enriched = ctx.topic(r, "cold-enriched");
+    let t_e2e_events = ctx.topic(r, "e2e-events");
+    let t_e2e_enriched = ctx.topic(r, "e2e-enriched");
+    let topics = vec![
+        t_events.clone(),
+        t_enriched.clone(),
+        t_pipe.clone(),
+        ctx.topic(r, "dlq"),
+        t_cold_events.clone(),
+        t_cold_enriched.clone(),
+        t_e2e_events.clone(),
+        t_e2e_enriched.clone(),
+    ];
+    kafka::create_topics(&a.brokers, &topics, a.partitions).await?;
+    let result = repeat_stages(ctx, r, &mut rep, n, cold_n).await;
+    if !a.keep_topics {
+        kafka::delete_topics(&a.brokers, &topics).await;
+    }
+    if let Err(e) = result {
+        note(&mut rep, format!("repeat {r} stopped: {e:#}"));
+    }
+    Ok(rep)
+}
+
+async fn repeat_stages(
+    ctx: &Ctx,
+    r: usize,
+    rep: &mut Repeat,
+    n: u64,
+    cold_n: u64,
+) -> anyhow::Result<()> {
+    let a = &ctx.args;
+    let deadline = a.stage_timeout;
+    let t_events = ctx.topic(r, "events");
+    let t_enriched = ctx.topic(r, "enriched");
+    let t_pipe = ctx.topic(r, "pipe");
+
+    // 1. Raw produce of the events (the ceiling of any producer here).
+    say(format_args!("[r{r}] raw produce of {n} events"));
+    let p = blocking(ctx.produce_events(&t_events, &ctx.events)).await?;
+    say(format_args!(
+        "[r{r}] raw produce: {:.0} events/s ({:.1} MiB/s)",
+        p.events_per_s, p.mib_per_s
+    ));
+    rep.raw_produce_events = Some(p);
+
+    // 2. Raw consume of the events.
+    if ctx.stage("consume") {
+        let (b, t, g) = (
+            a.brokers.clone(),
+            t_events.clone(),
+            format!("bench-{}-r{r}-raw-events", ctx.run_id),
+        );
+        let c = blocking(move || kafka::consume(&b, &t, &g, n, deadline)).await?;
+        say(format_args!(
+            "[r{r}] raw consume events: {:.0} events/s",
+            c.events_per_s
+        ));
+        rep.raw_consume_events = Some(c);
+    }
+
+    // 3. Raw consume→produce pipe writing enriched-size records: the ceiling of kafka-source.
+    let source_runs = ctx.stage("source") && ctx.skip(&ctx.source).is_none();
+    let pipe_runs = ctx.stage("pipe") || (ctx.stage("sink") && !source_runs);
+    let (b, t, g, out, comp, forms) = (
+        a.brokers.clone(),
+        t_events.clone(),
+        format!("bench-{}-r{r}-raw-pipe", ctx.run_id),
+        t_pipe.clone(),
+        a.compression.clone(),
+        ctx.forms.clone(),
+    );
+    let pipe = if !pipe_runs {
+        None
+    } else {
+        Some(
+            blocking(move || {
+                let out_ref = PipeOut {
+                    topic: &out,
+                    compression: &comp,
+                };
+                let topic = t.clone();
+                kafka::pipe(&b, &t, &g, n, deadline, Some(out_ref), |m, v| {
+                    let form = m
+                        .key()
+                        .and_then(form_index)
+                        .and_then(|i| forms.get(i))
+                        .map_or(&b"null"[..], |f| &f[..]);
+                    events::enriched(v, form, &topic, m.partition(), m.offset())
+                })
+            })
+            .await?,
+        )
+    };
+    if let Some(pipe) = pipe {
+        say(format_args!(
+            "[r{r}] raw consume→produce pipe: {:.0} events/s",
+            pipe.events_per_s
+        ));
+        rep.raw_pipe = Some(pipe);
+    }
+
+    // 4. kafka-source, warm cache (1000 forms for 1M events: each fetched once, then hits).
+    let mut enriched_input = pipe_runs.then(|| t_pipe.clone());
+    if !ctx.stage("source") {
+    } else if let Some(why) = ctx.skip(&ctx.source) {
+        note(
+            rep,
+            format!(
+                "kafka-source skipped: {why}; the sink reads the pipe's synthetic enriched records"
+            ),
+        );
+    } else {
+        let rw = ctx.rewrite(
+            r,
+            "source-warm",
+            &t_events,
+            &t_enriched,
+            &ctx.api_base,
+            a.source_metrics_port,
+        );
+        match ctx.config(&ctx.source, &rw, &format!("r{r}-kafka-source-warm.yaml")) {
+            Err(e) => note(rep, format!("kafka-source warm: {e:#}")),
+            Ok(cfg) => {
+                say(format_args!("[r{r}] kafka-source, warm cache, {n} events"));
+                let run = ctx
+                    .run_connector(
+                        &ctx.source,
+                        &cfg,
+                        n,
+                        Probe::HighWatermarks {
+                            topic: t_enriched.clone(),
+                        },
+                        &format!("r{r}-kafka-source-warm.log"),
+                        &t_events,
+                    )
+                    .await?;
+                say(format_args!(
+                    "[r{r}] kafka-source warm: {:.0} events/s (steady {:?}), exit {:?}, peak RSS {:.0} MiB, CPU {:.1} s",
+                    run.events_per_s,
+                    run.steady_events_per_s.map(|v| v.round()),
+                    run.proc.exit_code,
+                    run.proc.peak_rss_mib,
+                    run.proc.cpu_seconds
+                ));
+                if run.ok {
+                    enriched_input = Some(t_enriched.clone());
+                } else {
+                    note(
+                        rep,
+                        format!(
+                            "kafka-source warm run failed (see {}); the sink reads the pipe's records",
+                            run.proc.log
+                        ),
+                    );
+                }
+                rep.kafka_source_warm = Some(run);
+            }
+        }
+    }
+
+    // 5. Raw consume of the enriched records (kafka-source's output when it ran).
+    if let Some(input) = enriched_input.clone().filter(|_| ctx.stage("consume")) {
+        let (b, t, g) = (
+            a.brokers.clone(),
+            input.clone(),
+            format!("bench-{}-r{r}-raw-enriched", ctx.run_id),
+        );
+        let c = blocking(move || kafka::consume(&b, &t, &g, n, deadline)).await?;
+        say(format_args!(
+            "[r{r}] raw consume enriched ({input}): {:.0} events/s ({:.1} MiB/s)",
+            c.events_per_s, c.mib_per_s
+        ));
+        rep.raw_consume_enriched = Some(c);
+    }
+
+    // 6. s3-sink over the same enriched topic.
+    if !ctx.stage("sink") {
+    } else if let Some(why) = ctx.skip(&ctx.sink) {
+        note(rep, format!("s3-sink skipped: {why}"));
+    } else if let Some(enriched_input) = enriched_input.clone() {
+        let rw = ctx.rewrite(
+            r,
+            "sink",
+            &t_events,
+            &enriched_input,
+            &ctx.api_base,
+            a.sink_metrics_port,
+        );
+        match ctx.config(&ctx.sink, &rw, &format!("r{r}-s3-sink.yaml")) {
+            Err(e) => note(rep, format!("s3-sink: {e:#}")),
+            Ok(cfg) => {
+                say(format_args!(
+                    "[r{r}] s3-sink, {n} records of {enriched_input}"
+                ));
+                let run = ctx
+                    .run_connector(
+                        &ctx.sink,
+                        &cfg,
+                        n,
+                        Probe::Committed {
+                            topic: enriched_input.clone(),
+                            group: rw.group.clone(),
+                        },
+                        &format!("r{r}-s3-sink.log"),
+                        &enriched_input,
+                    )
+                    .await?;
+                say(format_args!(
+                    "[r{r}] s3-sink: {:.0} events/s (steady {:?}), exit {:?}, peak RSS {:.0} MiB, CPU {:.1} s",
+                    run.events_per_s,
+                    run.steady_events_per_s.map(|v| v.round()),
+                    run.proc.exit_code,
+                    run.proc.peak_rss_mib,
+                    run.proc.cpu_seconds
+                ));
+                if !run.ok {
+                    note(rep, format!("s3-sink run failed (see {})", run.proc.log));
+                }
+                rep.s3_sink = Some(run);
+            }
+        }
+    }
+
+    // 7. The forms API's capacity (the cold-cache server), then the cold-cache source.
+    if ctx.stage("api") || ctx.stage("cold") {
+        if r == 0 {
+            say(format_args!(
+                "[r{r}] forms API: first fetch of {cold_n} forms"
+            ));
+            rep.api_first_fetch = Some(
+                api::load(
+                    &ctx.cold_api_base,
+                    cold_n as usize,
+                    a.api_concurrency,
+                    deadline,
+                    Pick::SweepOnce,
+                )
+                .await,
+            );
+        }
+        let cap = api::load(
+            &ctx.cold_api_base,
+            cold_n as usize,
+            a.api_concurrency,
+            a.api_duration,
+            Pick::Cycle,
+        )
+        .await;
+        say(format_args!(
+            "[r{r}] forms API capacity: {:.0} requests/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+            cap.rps, cap.p50_ms, cap.p99_ms, cap.errors
+        ));
+        rep.api_capacity = Some(cap);
+    }
+
+    let t_cold_events = ctx.topic(r, "cold-events");
+    let t_cold_enriched = ctx.topic(r, "cold-enriched");
+    if ctx.stage("cold") && ctx.skip(&ctx.source).is_none() {
+        blocking(ctx.produce_events(&t_cold_events, &ctx.cold_events)).await?;
+        let rw = ctx.rewrite(
+            r,
+            "source-cold",
+            &t_cold_events,
+            &t_cold_enriched,
+            &ctx.cold_api_base,
+            a.source_metrics_port,
+        );
+        match ctx.config(&ctx.source, &rw, &format!("r{r}-kafka-source-cold.yaml")) {
+            Err(e) => note(rep, format!("kafka-source cold: {e:#}")),
+            Ok(cfg) => {
+                say(format_args!(
+                    "[r{r}] kafka-source, cold cache, {cold_n} events over {cold_n} forms"
+                ));
+                let run = ctx
+                    .run_connector(
+                        &ctx.source,
+                        &cfg,
+                        cold_n,
+                        Probe::HighWatermarks {
+                            topic: t_cold_enriched.clone(),
+                        },
+                        &format!("r{r}-kafka-source-cold.log"),
+                        &t_cold_events,
+                    )
+                    .await?;
+                say(format_args!(
+                    "[r{r}] kafka-source cold: {:.0} events/s (steady {:?}), exit {:?}",
+                    run.events_per_s,
+                    run.steady_events_per_s.map(|v| v.round()),
+                    run.proc.exit_code
+                ));
+                if !run.ok {
+                    note(
+                        rep,
+                        format!("kafka-source cold run failed (see {})", run.proc.log),
+                    );
+                }
+                rep.kafka_source_cold = Some(run);
+            }
+        }
+    }
+
+    // 8. End to end: both connectors up, then the events produced as fast as possible.
+    if ctx.stage("e2e") && ctx.skip(&ctx.source).is_none() && ctx.skip(&ctx.sink).is_none() {
+        if let Err(e) = end_to_end(ctx, r, rep, n).await {
+            note(rep, format!("end to end: {e:#}"));
+        }
+    }
+    Ok(())
+}
+
+async fn end_to_end(ctx: &Ctx, r: usize, rep: &mut Repeat, n: u64) -> anyhow::Result<()> {
+    let a = &ctx.args;
+    let t_in = ctx.topic(r, "e2e-events");
+    let t_mid = ctx.topic(r, "e2e-enriched");
+    let rw_src = ctx.rewrite(
+        r,
+        "e2e-source",
+        &t_in,
+        &t_mid,
+        &ctx.api_base,
+        a.source_metrics_port,
+    );
+    let rw_sink = ctx.rewrite(
+        r,
+        "e2e-sink",
+        &t_in,
+        &t_mid,
+        &ctx.api_base,
+        a.sink_metrics_port,
+    );
+    let cfg_src = ctx.config(&ctx.source, &rw_src, &format!("r{r}-e2e-kafka-source.yaml"))?;
+    let cfg_sink = ctx.config(&ctx.sink, &rw_sink, &format!("r{r}-e2e-s3-sink.yaml"))?;
+    let logs = a.out_dir.join("logs");
+    say(format_args!("[r{r}] end to end, {n} events"));
+    let src = monitor::spawn(
+        "kafka-source",
+        ctx.source.command(&cfg_src, n),
+        &logs.join(format!("r{r}-e2e-kafka-source.log")),
+        a.stage_timeout,
+    )?;
+    let sink = monitor::spawn(
+        "s3-sink",
+        ctx.sink.command(&cfg_sink, n),
+        &logs.join(format!("r{r}-e2e-s3-sink.log")),
+        a.stage_timeout,
+    )?;
+    for (what, port) in [
+        ("kafka-source", a.source_metrics_port),
+        ("s3-sink", a.sink_metrics_port),
+    ] {
+        if !monitor::wait_http_ok(
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(20),
+        )
+        .await
+        {
+            note(
+                rep,
+                format!(
+                    "end to end: {what} /health on port {port} did not answer within 20 s; producing anyway"
+                ),
+            );
+        }
+    }
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = kafka::spawn_probe(
+        &a.brokers,
+        Probe::Committed {
+            topic: t_mid.clone(),
+            group: rw_sink.group.clone(),
+        },
+        a.partitions,
+        PROBE_EVERY,
+        stop.clone(),
+        start,
+    );
+    let produced = blocking(ctx.produce_events(&t_in, &ctx.events)).await;
+    let produced = match produced {
+        Ok(p) => p,
+        Err(e) => {
+            src.stop();
+            sink.stop();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let sink_report = blocking(move || sink.join()).await;
+    let seconds = start.elapsed().as_secs_f64();
+    if !src.finished() {
+        // The source's own exit may lag its last transaction by its commit interval.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let src_report = blocking(move || src.join()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = blocking(move || probe.join().unwrap_or_default()).await;
+    let e2e = EndToEnd {
+        events: n,
+        seconds,
+        events_per_s: n as f64 / seconds.max(1e-9),
+        seconds_to_last_commit: kafka::time_to(&samples, n),
+        produce: produced,
+        ok: sink_report.ok() && src_report.ok(),
+        source: src_report,
+        sink: sink_report,
+    };
+    say(format_args!(
+        "[r{r}] end to end: {:.0} events/s ({:.1} s), source exit {:?} RSS {:.0} MiB, sink exit {:?} RSS {:.0} MiB",
+        e2e.events_per_s,
+        e2e.seconds,
+        e2e.source.exit_code,
+        e2e.source.peak_rss_mib,
+        e2e.sink.exit_code,
+        e2e.sink.peak_rss_mib
+    ));
+    if !e2e.ok {
+        note(
+            rep,
+            format!(
+                "end to end failed (see {} and {})",
+                e2e.source.log, e2e.sink.log
+            ),
+        );
+    }
+    rep.end_to_end = Some(e2e);
+    Ok(())
+}
+
+impl Ctx {
+    fn stage(&self, name: &str) -> bool {
+        self.args.stages.iter().any(|s| s == name)
+    }
+
+    fn skip(&self, c: &Connector) -> Option<String> {
+        if self.args.skip_connectors {
+            return Some("--skip-connectors".into());
+        }
+        c.unavailable()
+    }
+}
+
+fn ok_rate(run: &Option<ConnectorRun>) -> Option<f64> {
+    run.as_ref().filter(|r| r.ok).map(|r| r.events_per_s)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn line(
+    measure: &str,
+    unit: &str,
+    runs: Vec<Option<f64>>,
+    versus: Option<(&str, Option<f64>)>,
+    target: Option<(String, Box<dyn Fn(f64) -> bool>)>,
+    target_on_ratio: bool,
+) -> Line {
+    let m = median(runs.iter().copied());
+    let ratio = match (&versus, m) {
+        (Some((_, Some(v))), Some(m)) if *v > 0.0 => Some(m / v),
+        _ => None,
+    };
+    let (target, met) = match target {
+        Some((t, f)) => {
+            let x = if target_on_ratio { ratio } else { m };
+            (Some(t), x.map(f))
+        }
+        None => (None, None),
+    };
+    Line {
+        measure: measure.to_owned(),
+        unit: unit.to_owned(),
+        median: m,
+        runs,
+        versus: versus.map(|(n, v)| (n.to_owned(), v)),
+        ratio,
+        target,
+        met,
+    }
+}
+
+fn harmonic(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(1.0 / (1.0 / a? + 1.0 / b?))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started_at = chrono::Utc::now();
+    let machine = Machine::detect();
+    let run_id = format!("{}", started_at.format("%Y%m%d%H%M%S"));
+    for d in ["configs", "logs"] {
+        std::fs::create_dir_all(args.out_dir.join(d))
+            .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    }
+    let cold_n = args.cold_events.unwrap_or(args.events.min(100_000));
+    anyhow::ensure!(
+        args.events > 0 && args.forms > 0 && cold_n > 0 && args.repeats > 0,
+        "--events, --forms, --cold-events and --repeats must be > 0"
+    );
+    let forms_api_bin = args.bin_dir.join("forms-api");
+
+    // Forms: the cluster's API serves 1000; another --forms gets its own server.
+    let mut own_apis = Vec::new();
+    let api_base = if args.forms == CLUSTER_API_FORMS {
+        args.api.clone()
+    } else {
+        let api = OwnApi::start(
+            &forms_api_bin,
+            args.own_api_port + 2,
+            args.forms,
+            42,
+            &args.out_dir.join("logs/forms-api-warm.log"),
+        )
+        .await?;
+        let b = api.base.clone();
+        own_apis.push(api);
+        b
+    };
+    say(format_args!(
+        "fetching {} forms from {api_base}",
+        args.forms
+    ));
+    let forms = api::fetch_forms(&api_base, args.forms)
+        .await
+        .context("fetching the generated forms (is `make cluster-up` done?)")?;
+    let mean_form = forms.iter().map(Vec::len).sum::<usize>() as f64 / forms.len() as f64;
+    say(format_args!(
+        "starting our forms-api for the cold cache ({cold_n} forms, port {})",
+        args.own_api_port
+    ));
+    let cold_api = OwnApi::start(
+        &forms_api_bin,
+        args.own_api_port,
+        cold_n,
+        42,
+        &args.out_dir.join("logs/forms-api-cold.log"),
+    )
+    .await?;
+    let cold_api_base = cold_api.base.clone();
+    own_apis.push(cold_api);
+
+    say(format_args!(
+        "generating {} events over {} forms, {cold_n} cold-cache events",
+        args.events, args.forms
+    ));
+    let events = Arc::new(events::generate(args.events, args.forms, args.seed, false));
+    let cold_events = Arc::new(events::generate(cold_n, cold_n, args.seed, true));
+    let mean_event =
+        events.iter().map(|e| e.value.len()).sum::<usize>() as f64 / events.len() as f64;
+
+    // In-process stage costs on a sample of enriched records.
+    let sample: Vec<Vec<u8>> = events
+        .iter()
+        .take(20_000)
+        .enumerate()
+        .map(|(i, e)| events::enriched(&e.value, &forms[e.form], "form.events", 0, i as i64))
+        .collect();
+    let mean_enriched = sample.iter().map(Vec::len).sum::<usize>() as f64 / sample.len() as f64;
+    let secs = args.stage_seconds;
+    let (stage_costs, rows_per_record) = blocking(move || stages::measure(&sample, secs)).await?;
+    for s in &stage_costs {
+        say(format_args!(
+            "stage {}: {:.0} records/s ({:.2} µs/record)",
+            s.name, s.records_per_s, s.us_per_record
+        ));
+    }
+
+    let ctx = Ctx {
+        source: Connector {
+            name: "kafka-source",
+            progress_marker: "committed=",
+            bin: args.bin_dir.join("kafka-source"),
+            template: args.config_dir.join("form-events-source.yaml"),
+        },
+        sink: Connector {
+            name: "s3-sink",
+            progress_marker: "records in: ",
+            bin: args.bin_dir.join("s3-sink"),
+            template: args.config_dir.join("form-s3-sink.yaml"),
+        },
+        forms: Arc::new(forms),
+        events,
+        cold_events,
+        api_base,
+        cold_api_base,
+        run_id,
+        args: args.clone(),
+    };
+    let mut repeats = Vec::new();
+    for r in 0..args.repeats {
+        let rep = one_repeat(&ctx, r).await?;
+        repeats.push(rep);
+        write_outputs(
+            &ctx,
+            &machine,
+            &started_at,
+            &repeats,
+            &stage_costs,
+            rows_per_record,
+            (mean_event, mean_enriched, mean_form),
+        )?;
+    }
+    drop(own_apis);
+    say(format_args!(
+        "wrote {} and {}",
+        args.out_dir.join("results.json").display(),
+        args.report.display()
+    ));
+    Ok(())
+}
+
+fn write_outputs(
+    ctx: &Ctx,
+    machine: &Machine,
+    started_at: &chrono::DateTime<chrono::Utc>,
+    reps: &[Repeat],
+    stage_costs: &[stages::Stage],
+    rows_per_record: f64,
+    (mean_event, mean_enriched, mean_form): (f64, f64, f64),
+) -> anyhow::Result<()> {
+    let a = &ctx.args;
+    let col = |f: &dyn Fn(&Repeat) -> Option<f64>| reps.iter().map(f).collect::<Vec<_>>();
+    let raw_produce = col(&|r| r.raw_produce_events.as_ref().map(|t| t.events_per_s));
+    let raw_consume_events = col(&|r| r.raw_consume_events.as_ref().map(|t| t.events_per_s));
+    let raw_consume_enriched = col(&|r| r.raw_consume_enriched.as_ref().map(|t| t.events_per_s));
+    let raw_pipe = col(&|r| r.raw_pipe.as_ref().map(|t| t.events_per_s));
+    let api_cap = col(&|r| r.api_capacity.as_ref().map(|l| l.rps));
+    let source_warm = col(&|r| ok_rate(&r.kafka_source_warm));
+    let source_warm_steady = col(&|r| {
+        r.kafka_source_warm
+            .as_ref()
+            .and_then(|c| c.steady_events_per_s)
+    });
+    let source_cold = col(&|r| ok_rate(&r.kafka_source_cold));
+    let source_cold_steady = col(&|r| {
+        r.kafka_source_cold
+            .as_ref()
+            .and_then(|c| c.steady_events_per_s)
+    });
+    let sink = col(&|r| ok_rate(&r.s3_sink));
+    let sink_steady = col(&|r| r.s3_sink.as_ref().and_then(|c| c.steady_events_per_s));
+    let e2e = col(&|r| {
+        r.end_to_end
+            .as_ref()
+            .filter(|e| e.ok)
+            .map(|e| e.events_per_s)
+    });
+    let procs = |name: &str| -> Vec<ProcReport> {
+        reps.iter()
+            .flat_map(|r| {
+                let mut v: Vec<ProcReport> = Vec::new();
+                for c in [&r.kafka_source_warm, &r.kafka_source_cold, &r.s3_sink]
+                    .into_iter()
+                    .flatten()
+                {
+                    v.push(c.proc.clone());
+                }
+                if let Some(e) = &r.end_to_end {
+                    v.push(e.source.clone());
+                    v.push(e.sink.clone());
+                }
+                v
+            })
+            .filter(|p| p.name == name)
+            .collect()
+    };
+    let peak = |name: &str| {
+        procs(name)
+            .iter()
+            .map(|p| p.peak_rss_mib)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    let peak_rss_src = peak("kafka-source");
+    let peak_rss_sink = peak("s3-sink");
+    let cpu_per_million = |f: &dyn Fn(&Repeat) -> Option<(f64, u64)>| {
+        median(
+            reps.iter()
+                .map(|r| f(r).map(|(cpu, n)| cpu * 1e6 / n.max(1) as f64)),
+        )
+    };
+
+    let m_pipe = median(raw_pipe.iter().copied());
+    let m_consume_enriched = median(raw_consume_enriched.iter().copied());
+    let m_api = median(api_cap.iter().copied());
+    let m_consume_events = median(raw_consume_events.iter().copied());
+    let m_produce = median(raw_produce.iter().copied());
+    let rss_target = |v: Option<f64>| -> Line {
+        Line {
+            measure: String::new(),
+            unit: "MiB, worst run".into(),
+            median: v,
+            runs: vec![v],
+            versus: None,
+            ratio: None,
+            target: Some(format!("≤ {TARGET_PEAK_RSS_MIB:.0} MiB")),
+            met: v.map(|x| x <= TARGET_PEAK_RSS_MIB),
+        }
+    };
+    let mut lines = vec![
+        line(
+            "end to end, warm cache",
+            "events/s",
+            e2e.clone(),
+            Some(("target", Some(TARGET_E2E_EVENTS_PER_S))),
+            Some((
+                format!("≥ {TARGET_E2E_EVENTS_PER_S:.0} events/s"),
+                Box::new(|x| x >= TARGET_E2E_EVENTS_PER_S),
+            )),
+            false,
+        ),
+        line(
+            "kafka-source, warm cache",
+            "events/s",
+            source_warm.clone(),
+            Some(("raw consume→produce pipe", m_pipe)),
+            Some((
+                format!("≥ {:.0}% of the pipe", TARGET_SOURCE_VS_PIPE * 100.0),
+                Box::new(|x| x >= TARGET_SOURCE_VS_PIPE),
+            )),
+            true,
+        ),
+        line(
+            "kafka-source, warm cache, steady 10–90%",
+            "events/s",
+            source_warm_steady,
+            Some(("raw consume→produce pipe", m_pipe)),
+            None,
+            false,
+        ),
+        line(
+            "kafka-source, cold cache",
+            "events/s",
+            source_cold.clone(),
+            Some(("forms API capacity", m_api)),
+            Some((
+                format!("≥ {:.0}% of API capacity", TARGET_COLD_VS_API * 100.0),
+                Box::new(|x| x >= TARGET_COLD_VS_API),
+            )),
+            true,
+        ),
+        line(
+            "kafka-source, cold cache, steady 10–90%",
+            "events/s",
+            source_cold_steady,
+            Some(("forms API capacity", m_api)),
+            None,
+            false,
+        ),
+        line(
+            "s3-sink",
+            "events/s",
+            sink.clone(),
+            Some(("raw consume of form.enriched", m_consume_enriched)),
+            Some((
+                format!("≥ {:.0}% of raw consume", TARGET_SINK_VS_CONSUME * 100.0),
+                Box::new(|x| x >= TARGET_SINK_VS_CONSUME),
+            )),
+            true,
+        ),
+        line(
+            "s3-sink, steady 10–90%",
+            "events/s",
+            sink_steady,
+            Some(("raw consume of form.enriched", m_consume_enriched)),
+            None,
+            false,
+        ),
+        line(
+            "raw produce of the events",
+            "events/s",
+            raw_produce.clone(),
+            None,
+            None,
+            false,
+        ),
+        line(
+            "raw consume of form.events",
+            "events/s",
+            raw_consume_events.clone(),
+            None,
+            None,
+            false,
+        ),
+        line(
+            "raw consume→produce pipe (events in, enriched-size out)",
+            "events/s",
+            raw_pipe.clone(),
+            Some((
+                "harmonic of raw consume and produce",
+                harmonic(m_consume_events, m_produce),
+            )),
+            None,
+            false,
+        ),
+        line(
+            "raw consume of form.enriched",
+            "events/s",
+            raw_consume_enriched.clone(),
+            None,
+            None,
+            false,
+        ),
+        line(
+            "forms API capacity",
+            "requests/s",
+            api_cap.clone(),
+            None,
+            None,
+            false,
+        ),
+    ];
+    let mut l = rss_target(peak_rss_src);
+    l.measure = "kafka-source peak RSS".into();
+    lines.push(l);
+    let mut l = rss_target(peak_rss_sink);
+    l.measure = "s3-sink peak RSS".into();
+    lines.push(l);
+    for (what, f) in [
+        (
+            "kafka-source CPU, warm",
+            Box::new(|r: &Repeat| {
+                r.kafka_source_warm
+                    .as_ref()
+                    .map(|c| (c.proc.cpu_seconds, c.events))
+            }) as Box<dyn Fn(&Repeat) -> Option<(f64, u64)>>,
+        ),
+        (
+            "kafka-source CPU, cold",
+            Box::new(|r: &Repeat| {
+                r.kafka_source_cold
+                    .as_ref()
+                    .map(|c| (c.proc.cpu_seconds, c.events))
+            }),
+        ),
+        (
+            "s3-sink CPU",
+            Box::new(|r: &Repeat| r.s3_sink.as_ref().map(|c| (c.proc.cpu_seconds, c.events))),
+        ),
+    ] {
+        let v = cpu_per_million(&*f);
+        lines.push(Line {
+            measure: what.into(),
+            unit: "CPU s per 1M events".into(),
+            median: v,
+            runs: reps
+                .iter()
+                .map(|r| f(r).map(|(c, n)| c * 1e6 / n.max(1) as f64))
+                .collect(),
+            versus: None,
+            ratio: None,
+            target: None,
+            met: None,
+        });
+    }
+
+    let results = json!({
+        "events": ctx.events.len(),
+        "forms": a.forms,
+        "cold_events": ctx.cold_events.len(),
+        "partitions": a.partitions,
+        "repeats": a.repeats,
+        "repeats_done": reps.len(),
+        "date": started_at.to_rfc3339(),
+        "machine": machine,
+        "command": a.command,
+        "args": std::env::args().collect::<Vec<_>>(),
+        "mean_bytes": {"event": mean_event, "enriched": mean_enriched, "form": mean_form},
+        "end_to_end_events_per_s": median(e2e.iter().copied()),
+        "kafka_source_events_per_s": median(source_warm.iter().copied()),
+        "cold_cache_events_per_s": median(source_cold.iter().copied()),
+        "s3_sink_events_per_s": median(sink.iter().copied()),
+        "raw_consume_events_per_s": {"form.events": m_consume_events, "form.enriched": m_consume_enriched},
+        "raw_produce_events_per_s": m_produce,
+        "raw_consume_produce_events_per_s": m_pipe,
+        "api_capacity_rps": m_api,
+        "peak_rss_mib": {"kafka-source": peak_rss_src, "s3-sink": peak_rss_sink},
+        "cpu_seconds_per_million_events": lines.iter().filter(|l| l.unit.starts_with("CPU")).map(|l| (l.measure.clone(), l.median)).collect::<std::collections::BTreeMap<_, _>>(),
+        "ratios": {
+            "end_to_end_vs_target": median(e2e.iter().copied()).map(|v| v / TARGET_E2E_EVENTS_PER_S),
+            "kafka_source_vs_raw_consume_produce": lines[1].ratio,
+            "cold_cache_vs_api_capacity": lines[3].ratio,
+            "s3_sink_vs_raw_consume_enriched": lines[5].ratio,
+        },
+        "targets": lines.iter().filter(|l| l.target.is_some()).map(|l| json!({"measure": l.measure, "value": l.median, "ratio": l.ratio, "target": l.target, "met": l.met})).collect::<Vec<_>>(),
+        "table": lines,
+        "in_process_stages_one_thread": {"rows_per_record": rows_per_record, "stages": stage_costs},
+        "runs": reps,
+    });
+    let path = a.out_dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+
+    let mut commands = vec![
+        a.command
+            .clone()
+            .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
+    ];
+    commands.push(format!("# results: {}", path.display()));
+    let params = vec![
+        ("events".to_owned(), ctx.events.len().to_string()),
+        ("forms".to_owned(), a.forms.to_string()),
+        (
+            "cold-cache events (each a different form)".to_owned(),
+            ctx.cold_events.len().to_string(),
+        ),
+        ("partitions".to_owned(), a.partitions.to_string()),
+        (
+            "repeats".to_owned(),
+            format!("{} of {}", reps.len(), a.repeats),
+        ),
+        (
+            "API load concurrency".to_owned(),
+            a.api_concurrency.to_string(),
+        ),
+        (
+            "mean sizes (bytes)".to_owned(),
+            format!("event {mean_event:.0}, form {mean_form:.0}, enriched {mean_enriched:.0}"),
+        ),
+        (
+            "producer compression of the ceilings".to_owned(),
+            a.compression.clone(),
+        ),
+    ];
+    let mut extra = String::new();
+    extra.push_str("In-process cost of the sink's per-record stages on generated records (one thread, this machine; ");
+    extra.push_str(&format!("{rows_per_record:.2} rows per record):\n\n| stage | records/s | µs/record |\n|---|---:|---:|\n"));
+    for s in stage_costs {
+        extra.push_str(&format!(
+            "| {} | {:.0} | {:.2} |\n",
+            s.name, s.records_per_s, s.us_per_record
+        ));
+    }
+    let notes: Vec<String> = reps
+        .iter()
+        .flat_map(|r| r.notes.iter().map(move |n| format!("- r{}: {n}", r.repeat)))
+        .collect();
+    if !notes.is_empty() {
+        extra.push_str("\nNotes of this run:\n\n");
+        extra.push_str(&notes.join("\n"));
+        extra.push('\n');
+    }
+    extra.push_str(
+        "\nHow it is measured: connector rates are `--max-records N` runs timed from spawn to exit (startup, group join \
+         and the final commit included); \"steady\" is the rate between 10% and 90% of the output, read from the \
+         connectors' own progress lines (every second: kafka-source `committed=`, s3-sink `records in:`). Raw \
+         rates are first record to last. Peak RSS is the largest `VmHWM` polled every 20 ms from \
+         `/proc/PID/status` (`wait4`'s `ru_maxrss` is not used: Linux carries the parent's peak over fork+exec); CPU is \
+         utime+stime from `wait4`.\n",
+    );
+    let md = report::markdown(
+        machine,
+        &started_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        &commands,
+        &params,
+        &lines,
+        &extra,
+    );
+    report::write_markdown(&a.report, &md)
+}

@@ -1,0 +1,127 @@
+//! In-process cost of the sink's per-record stages on the generated records, one thread:
+//! flatten (native form-model, and the `.wasm` SmartModule when a runner is available), parse
+//! of the flattened JSON, conversion to Avro values, and Avro encoding (apache-avro, zstd).
+
+use std::time::Instant;
+
+use apache_avro::{Codec, Writer, ZstandardSettings};
+use form_model::Flattened;
+use form_model::avro::{Table, flattened_to_values};
+use serde::Serialize;
+
+/// One stage's cost.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Stage {
+    /// What was timed.
+    pub(crate) name: String,
+    /// Input records per second (one thread).
+    pub(crate) records_per_s: f64,
+    /// Microseconds per input record.
+    pub(crate) us_per_record: f64,
+}
+
+fn stage(name: &str, records: usize, seconds: f64) -> Stage {
+    Stage {
+        name: name.to_owned(),
+        records_per_s: records as f64 / seconds.max(1e-9),
+        us_per_record: seconds * 1e6 / records.max(1) as f64,
+    }
+}
+
+/// All stages over `inputs` (enriched record values), each at least `min_seconds` long.
+pub(crate) fn measure(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<(Vec<Stage>, f64)> {
+    let mut stages = Vec::new();
+    let n = inputs.len();
+
+    // 1. Flatten, native (the SmartModule's own code, compiled for the host).
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut flat_json: Vec<Vec<u8>> = Vec::with_capacity(n);
+    for i in inputs {
+        out.clear();
+        form_model::flatten_to_json(i, &mut out)?;
+        flat_json.push(out.clone());
+    }
+    let (mut reps, start) = (0usize, Instant::now());
+    while start.elapsed().as_secs_f64() < min_seconds {
+        for i in inputs {
+            out.clear();
+            form_model::flatten_to_json(i, &mut out)?;
+        }
+        reps += 1;
+    }
+    stages.push(stage(
+        "flatten native (form-model)",
+        n * reps,
+        start.elapsed().as_secs_f64(),
+    ));
+
+    // 2. Parse the flattened JSON into rows.
+    let (mut reps, start) = (0usize, Instant::now());
+    let mut rows = 0usize;
+    while start.elapsed().as_secs_f64() < min_seconds {
+        for j in &flat_json {
+            let f = Flattened::from_slice(j)?;
+            rows += f.form.len() + f.form_field.len();
+        }
+        reps += 1;
+    }
+    let rows_per_record = rows as f64 / (n * reps).max(1) as f64;
+    stages.push(stage(
+        "parse flattened JSON into rows",
+        n * reps,
+        start.elapsed().as_secs_f64(),
+    ));
+
+    // 3. Rows to Avro values (with the schema check).
+    let parsed: Vec<Flattened> = flat_json
+        .iter()
+        .map(|j| Flattened::from_slice(j))
+        .collect::<Result<_, _>>()?;
+    let (mut reps, start) = (0usize, Instant::now());
+    let mut values = Vec::new();
+    while start.elapsed().as_secs_f64() < min_seconds {
+        values.clear();
+        for f in &parsed {
+            values.push(flattened_to_values(f.clone()).map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        }
+        reps += 1;
+    }
+    stages.push(stage(
+        "rows to Avro values (incl. clone)",
+        n * reps,
+        start.elapsed().as_secs_f64(),
+    ));
+
+    // 4. Avro encoding, both tables, zstd (the sink's configured codec).
+    let (mut reps, start) = (0usize, Instant::now());
+    let mut bytes = 0usize;
+    while start.elapsed().as_secs_f64() < min_seconds {
+        let mut wf = Writer::with_codec(
+            Table::Form.schema(),
+            Vec::new(),
+            Codec::Zstandard(ZstandardSettings::new(3)),
+        )?;
+        let mut wff = Writer::with_codec(
+            Table::FormField.schema(),
+            Vec::new(),
+            Codec::Zstandard(ZstandardSettings::new(3)),
+        )?;
+        for (f, ff) in &values {
+            for v in f {
+                wf.append_value(v.clone())?;
+            }
+            for v in ff {
+                wff.append_value(v.clone())?;
+            }
+        }
+        bytes += wf.into_inner()?.len() + wff.into_inner()?.len();
+        reps += 1;
+    }
+    let _ = bytes;
+    stages.push(stage(
+        "Avro encode, apache-avro zstd (incl. value clone)",
+        n * reps,
+        start.elapsed().as_secs_f64(),
+    ));
+    Ok((stages, rows_per_record))
+}
