@@ -1,1 +1,16 @@
-//! Placeholder.
+#![doc = include_str!("../README.md")]
+
+mod chain;
+mod config;
+mod error;
+mod resolve;
+
+pub use chain::{
+    ChainOptions, DEFAULT_POLL_INTERVAL, DEFAULT_REBUILD_EVERY_RECORDS, Input, ModuleDigest,
+    Output, TransformChain, TransformError,
+};
+pub use config::TransformStep;
+pub use error::TransformsError;
+pub use resolve::{
+    DEFAULT_SMARTMODULE_DIR, SMARTMODULE_DIR_ENV, resolve_module, resolve_module_from,
+};
