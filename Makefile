@@ -74,5 +74,10 @@ run: cluster-up
 	@echo "bucket output), forms API http://127.0.0.1:8000 (admin :8001)."
 	@echo "The connectors (kafka-source, s3-sink) come next: make run will start them here."
 
-bench:
-	@echo "make bench: no benchmarks yet (criterion benches will be added with the connectors)."
+# Throughput, peak RSS and CPU of the connectors beside the machine's ceilings (tests/bench);
+# writes target/bench/results.json and BENCHMARKS.md. Quick run:
+#   make bench BENCH_ARGS="--events 100000 --repeats 1"
+BENCH_ARGS ?=
+bench: cluster-up build-smartmodules
+	$(CARGO) build --release -p forms-api -p kafka-source -p s3-sink -p form-etl-bench
+	target/release/form-etl-bench --command 'make bench BENCH_ARGS="$(BENCH_ARGS)"' $(BENCH_ARGS)
