@@ -49,11 +49,19 @@ pub(crate) fn measure(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<(V
         }
         reps += 1;
     }
+    let native = start.elapsed().as_secs_f64();
     stages.push(stage(
         "flatten native (form-model)",
         n * reps,
         start.elapsed().as_secs_f64(),
     ));
+
+    // 1b. Flatten through the `.wasm` SmartModule (form-transforms' chain, batches of 1000).
+    let _ = native;
+    match wasm_flatten(inputs, min_seconds) {
+        Ok(st) => stages.push(st),
+        Err(e) => eprintln!("bench: the .wasm flatten was not measured: {e:#}"),
+    }
 
     // 2. Parse the flattened JSON into rows.
     let (mut reps, start) = (0usize, Instant::now());
@@ -124,4 +132,31 @@ pub(crate) fn measure(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<(V
         start.elapsed().as_secs_f64(),
     ));
     Ok((stages, rows_per_record))
+}
+
+/// Records per `process` call of the wasm chain (the sink's batch size is of this order).
+const WASM_BATCH: usize = 1000;
+
+fn wasm_flatten(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<Stage> {
+    use form_transforms::{ChainOptions, Input, TransformChain, TransformStep};
+    let opts = ChainOptions { watch: false, rebuild_every_records: 0, ..ChainOptions::default() };
+    let mut chain = TransformChain::new(&[TransformStep::new("form-flatten")], opts)?;
+    let batch: Vec<Input<'_>> =
+        inputs.iter().enumerate().map(|(i, v)| Input { key: None, value: v, offset: i as i64 }).collect();
+    // Same output as native on the first record.
+    let first = chain.process(&batch[..1]).pop().expect("one result").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut native = Vec::new();
+    form_model::flatten_to_json(&inputs[0], &mut native)?;
+    anyhow::ensure!(
+        first.first().map(|o| &o.value) == Some(&native),
+        "the .wasm output differs from the native flatten on the first record"
+    );
+    let (mut n, start) = (0usize, Instant::now());
+    while start.elapsed().as_secs_f64() < min_seconds {
+        for chunk in batch.chunks(WASM_BATCH) {
+            let out = chain.process(chunk);
+            n += out.len();
+        }
+    }
+    Ok(stage("flatten .wasm (form-transforms chain, 1000 per call)", n, start.elapsed().as_secs_f64()))
 }
