@@ -51,11 +51,14 @@ impl std::fmt::Debug for FileEncoder {
 pub(crate) struct FinishedFile {
     pub(crate) head: Vec<u8>,
     pub(crate) tail: Vec<u8>,
-    pub(crate) rows: u64,
 }
 
 impl FileEncoder {
-    pub(crate) fn new(schema: &'static Schema, codec: Codec, part_size: usize) -> Result<Self, EncodeError> {
+    pub(crate) fn new(
+        schema: &'static Schema,
+        codec: Codec,
+        part_size: usize,
+    ) -> Result<Self, EncodeError> {
         // The sync marker is random, like every Avro writer's: keys and rows are what a replay
         // must reproduce, not the bytes.
         let marker: [u8; 16] = rand::random();
@@ -128,7 +131,10 @@ impl FileEncoder {
     }
 
     /// Closes the file: flushes the last block and puts the header (with `metadata`) in front.
-    pub(crate) fn finish(mut self, metadata: &[(String, String)]) -> Result<FinishedFile, EncodeError> {
+    pub(crate) fn finish(
+        mut self,
+        metadata: &[(String, String)],
+    ) -> Result<FinishedFile, EncodeError> {
         self.writer.flush()?;
         self.drain_writer();
         let mut user_metadata = HashMap::new();
@@ -145,7 +151,10 @@ impl FileEncoder {
         header_writer.flush()?;
         let mut head = header_writer.into_inner()?;
         head.extend_from_slice(&self.head);
-        Ok(FinishedFile { head, tail: self.tail, rows: self.rows })
+        Ok(FinishedFile {
+            head,
+            tail: self.tail,
+        })
     }
 }
 
@@ -164,7 +173,10 @@ mod tests {
 
     fn row(i: i64) -> Value {
         Value::Record(vec![
-            ("id".into(), Value::String(format!("row-{i:08}-{}", "x".repeat(40)))),
+            (
+                "id".into(),
+                Value::String(format!("row-{i:08}-{}", "x".repeat(40))),
+            ),
             ("n".into(), Value::Union(1, Box::new(Value::Long(i)))),
         ])
     }
@@ -193,8 +205,8 @@ mod tests {
                 }
             }
             let meta = vec![("form_etl.source.topic".to_owned(), "t".to_owned())];
+            assert_eq!(enc.rows(), 50_000);
             let f = enc.finish(&meta).unwrap();
-            assert_eq!(f.rows, 50_000);
             let mut file = f.head;
             for p in &parts {
                 file.extend_from_slice(p);

@@ -27,7 +27,7 @@ use connector_common::retry::RetryPolicy;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -51,7 +51,10 @@ pub(crate) fn seal_metadata(start: i64, end: i64) -> String {
 pub(crate) fn parse_seal(committed: i64, metadata: &str) -> Option<Seal> {
     let rest = metadata.strip_prefix(SEAL_PREFIX)?;
     let (s, e) = rest.split_once(':')?;
-    let seal = Seal { start: s.parse().ok()?, end: e.parse().ok()? };
+    let seal = Seal {
+        start: s.parse().ok()?,
+        end: e.parse().ok()?,
+    };
     (seal.start == committed && seal.end > seal.start).then_some(seal)
 }
 
@@ -59,7 +62,11 @@ pub(crate) fn parse_seal(committed: i64, metadata: &str) -> Option<Seal> {
 #[derive(Debug)]
 enum FileMsg {
     Part(Vec<u8>, BudgetGuard),
-    Finish { file: FinishedFile, gate: watch::Receiver<bool>, budget: BudgetGuard },
+    Finish {
+        file: FinishedFile,
+        gate: watch::Receiver<bool>,
+        budget: BudgetGuard,
+    },
 }
 
 /// A file is durable.
@@ -153,7 +160,9 @@ pub(crate) struct TxnCommitter {
 
 impl std::fmt::Debug for TxnCommitter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TxnCommitter").field("topic", &self.topic).finish()
+        f.debug_struct("TxnCommitter")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -168,19 +177,31 @@ pub(crate) struct CommitError {
 }
 
 impl TxnCommitter {
-    fn commit(&self, offsets: &[(i32, i64, String)], letters: &[(i32, DeadLetter)]) -> Result<(), CommitError> {
+    fn commit(
+        &self,
+        offsets: &[(i32, i64, String)],
+        letters: &[(i32, DeadLetter)],
+    ) -> Result<(), CommitError> {
         let res = self.try_commit(offsets, letters);
         if let Err(e) = &res {
             let fatal = matches!(e, KafkaError::Transaction(t) if t.is_fatal());
             if !fatal && let Err(abort) = self.producer.abort_transaction(self.timeout) {
                 warn!(error = %abort, "Aborting the failed transaction failed too.");
             }
-            return res.map_err(|source| CommitError { topic: self.topic.clone(), fatal, source });
+            return res.map_err(|source| CommitError {
+                topic: self.topic.clone(),
+                fatal,
+                source,
+            });
         }
         Ok(())
     }
 
-    fn try_commit(&self, offsets: &[(i32, i64, String)], letters: &[(i32, DeadLetter)]) -> Result<(), KafkaError> {
+    fn try_commit(
+        &self,
+        offsets: &[(i32, i64, String)],
+        letters: &[(i32, DeadLetter)],
+    ) -> Result<(), KafkaError> {
         let group = self
             .consumer
             .group_metadata()
@@ -196,7 +217,8 @@ impl TxnCommitter {
                 offset: l.offset,
             };
             let headers = info.headers(None::<&OwnedHeaders>);
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.dlq_topic).headers(headers);
+            let mut rec: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.dlq_topic).headers(headers);
             if let Some(k) = &l.key {
                 rec = rec.key(k.as_slice());
             }
@@ -223,7 +245,8 @@ impl TxnCommitter {
                 e.set_metadata(meta.as_str());
             }
         }
-        self.producer.send_offsets_to_transaction(&tpl, &group, self.timeout)?;
+        self.producer
+            .send_offsets_to_transaction(&tpl, &group, self.timeout)?;
         self.producer.commit_transaction(self.timeout)?;
         Ok(())
     }
@@ -247,12 +270,19 @@ pub(crate) struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").field("partitions", &self.partitions.len()).field("files", &self.files.len()).finish()
+        f.debug_struct("Manager")
+            .field("partitions", &self.partitions.len())
+            .field("files", &self.files.len())
+            .finish()
     }
 }
 
 impl Manager {
-    pub(crate) fn new(uploader: Uploader, retry: RetryPolicy, committer: Arc<TxnCommitter>) -> Self {
+    pub(crate) fn new(
+        uploader: Uploader,
+        retry: RetryPolicy,
+        committer: Arc<TxnCommitter>,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
             uploader,
@@ -287,7 +317,12 @@ impl Manager {
     /// Abandons everything of `partition`: uploads stop, nothing more is committed for it.
     pub(crate) fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
-        let ids: Vec<u64> = self.files.iter().filter(|(_, f)| f.partition == partition).map(|(id, _)| *id).collect();
+        let ids: Vec<u64> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.partition == partition)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             let f = self.files.remove(&id).expect("listed");
             f.task.abort();
@@ -300,12 +335,22 @@ impl Manager {
     }
 
     fn current(&mut self, partition: i32, epoch: u64) -> Option<&mut PartitionTrack> {
-        self.partitions.get_mut(&partition).filter(|p| p.epoch == epoch)
+        self.partitions
+            .get_mut(&partition)
+            .filter(|p| p.epoch == epoch)
     }
 
     pub(crate) fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Part { partition, epoch, file_id, key, table, body, budget } => {
+            Event::Part {
+                partition,
+                epoch,
+                file_id,
+                key,
+                table,
+                body,
+                budget,
+            } => {
                 if self.current(partition, epoch).is_none() {
                     return;
                 }
@@ -313,13 +358,22 @@ impl Manager {
                 let _ = f.tx.send(FileMsg::Part(body, budget));
             }
             Event::Sealed(seg) => self.sealed(seg),
-            Event::Progress { partition, epoch, next_offset, open } => {
+            Event::Progress {
+                partition,
+                epoch,
+                next_offset,
+                open,
+            } => {
                 if let Some(p) = self.current(partition, epoch) {
                     p.next_offset = Some(next_offset);
                     p.open = open;
                 }
             }
-            Event::Dlq { partition, epoch, letter } => {
+            Event::Dlq {
+                partition,
+                epoch,
+                letter,
+            } => {
                 if let Some(p) = self.current(partition, epoch) {
                     p.dlq.push(letter);
                 }
@@ -329,7 +383,15 @@ impl Manager {
     }
 
     fn sealed(&mut self, seg: SealedSegment) {
-        let SealedSegment { partition, epoch, start, end, reason, first_ts_ms, files } = seg;
+        let SealedSegment {
+            partition,
+            epoch,
+            start,
+            end,
+            reason,
+            first_ts_ms,
+            files,
+        } = seg;
         if self.current(partition, epoch).is_none() {
             return;
         }
@@ -339,7 +401,11 @@ impl Manager {
             pending.insert(f.file_id);
             let gate_rx = gate.subscribe();
             let track = self.file(f.file_id, partition, epoch, f.key, f.table);
-            let _ = track.tx.send(FileMsg::Finish { file: f.file, gate: gate_rx, budget: f.budget });
+            let _ = track.tx.send(FileMsg::Finish {
+                file: f.file,
+                gate: gate_rx,
+                budget: f.budget,
+            });
         }
         let p = self.partitions.get_mut(&partition).expect("current");
         p.segments.push_back(SegmentTrack {
@@ -354,8 +420,19 @@ impl Manager {
         p.update_gates();
     }
 
-    fn file(&mut self, file_id: u64, partition: i32, epoch: u64, key: String, table: Table) -> &FileTrack {
-        let (uploader, retry, done) = (self.uploader.clone(), self.retry.clone(), self.done_tx.clone());
+    fn file(
+        &mut self,
+        file_id: u64,
+        partition: i32,
+        epoch: u64,
+        key: String,
+        table: Table,
+    ) -> &FileTrack {
+        let (uploader, retry, done) = (
+            self.uploader.clone(),
+            self.retry.clone(),
+            self.done_tx.clone(),
+        );
         self.files.entry(file_id).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let multipart = Arc::new(Mutex::new(None));
@@ -366,15 +443,29 @@ impl Manager {
                 rx,
                 multipart.clone(),
                 done,
-                FileDone { file_id, partition, epoch, table, bytes: 0 },
+                FileDone {
+                    file_id,
+                    partition,
+                    epoch,
+                    table,
+                    bytes: 0,
+                },
             ));
-            FileTrack { partition, key, tx, task, multipart }
+            FileTrack {
+                partition,
+                key,
+                tx,
+                task,
+                multipart,
+            }
         })
     }
 
     pub(crate) fn on_done(&mut self, done: FileDone) {
         self.files.remove(&done.file_id);
-        let Some(p) = self.current(done.partition, done.epoch) else { return };
+        let Some(p) = self.current(done.partition, done.epoch) else {
+            return;
+        };
         for s in p.segments.iter_mut() {
             if s.pending.remove(&done.file_id) {
                 break;
@@ -383,14 +474,19 @@ impl Manager {
         self.files_uploaded += 1;
         self.bytes_uploaded += done.bytes;
         metrics::counter!("s3_sink_files_total", "table" => done.table.as_str()).increment(1);
-        metrics::counter!("s3_sink_bytes_total", "table" => done.table.as_str()).increment(done.bytes);
+        metrics::counter!("s3_sink_bytes_total", "table" => done.table.as_str())
+            .increment(done.bytes);
     }
 
     /// Nothing in flight and everything committed (the end of a drain).
     pub(crate) fn quiescent(&self) -> bool {
         self.partitions.values().all(|p| {
-            p.segments.iter().all(|s| s.durable()) && (p.wanted().is_none() || p.wanted() == p.committed)
-        }) && self.partitions.values().all(|p| p.segments.iter().all(|s| s.pending.is_empty()))
+            p.segments.iter().all(|s| s.durable())
+                && (p.wanted().is_none() || p.wanted() == p.committed)
+        }) && self
+            .partitions
+            .values()
+            .all(|p| p.segments.iter().all(|s| s.pending.is_empty()))
     }
 
     /// Age in seconds of the oldest record whose rows are not yet durable in S3.
@@ -399,7 +495,12 @@ impl Manager {
         let oldest = self
             .partitions
             .values()
-            .flat_map(|p| p.segments.iter().map(|s| s.first_ts_ms).chain(p.open.map(|o| o.1)))
+            .flat_map(|p| {
+                p.segments
+                    .iter()
+                    .map(|s| s.first_ts_ms)
+                    .chain(p.open.map(|o| o.1))
+            })
             .flatten()
             .min();
         oldest.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
@@ -417,7 +518,12 @@ impl Manager {
             if p.committed.as_ref() == Some(&wanted) {
                 continue;
             }
-            letters.extend(p.dlq.iter().filter(|l| l.offset < wanted.0).map(|l| (*part, l.clone())));
+            letters.extend(
+                p.dlq
+                    .iter()
+                    .filter(|l| l.offset < wanted.0)
+                    .map(|l| (*part, l.clone())),
+            );
             offsets.push((*part, wanted.0, wanted.1));
         }
         if offsets.is_empty() {
@@ -425,26 +531,37 @@ impl Manager {
         }
         let committer = self.committer.clone();
         let (o, l) = (offsets.clone(), letters.clone());
-        let res = tokio::task::spawn_blocking(move || committer.commit(&o, &l)).await.expect("commit task panicked");
+        let res = tokio::task::spawn_blocking(move || committer.commit(&o, &l))
+            .await
+            .expect("commit task panicked");
         match res {
             Ok(()) => {
                 self.dlq_sent += letters.len() as u64;
                 for (_, l) in &letters {
-                    metrics::counter!("s3_sink_dlq_sent_total", "reason" => l.reason.as_str()).increment(1);
+                    metrics::counter!("s3_sink_dlq_sent_total", "reason" => l.reason.as_str())
+                        .increment(1);
                 }
                 for (part, off, meta) in offsets {
-                    let Some(p) = self.partitions.get_mut(&part) else { continue };
+                    let Some(p) = self.partitions.get_mut(&part) else {
+                        continue;
+                    };
                     p.dlq.retain(|l| l.offset >= off);
                     if !meta.is_empty()
                         && let Some(front) = p.segments.front_mut()
                         && front.start == off
                     {
                         front.seal_committed = true;
-                        debug!(partition = part, start = front.start, end = front.end, "Boundary sealed.");
+                        debug!(
+                            partition = part,
+                            start = front.start,
+                            end = front.end,
+                            "Boundary sealed."
+                        );
                     }
                     p.committed = Some((off, meta));
                     p.update_gates();
-                    metrics::gauge!("s3_sink_committed_offset", "partition" => part.to_string()).set(off as f64);
+                    metrics::gauge!("s3_sink_committed_offset", "partition" => part.to_string())
+                        .set(off as f64);
                 }
                 Ok(())
             }
@@ -459,7 +576,11 @@ impl Manager {
 
     /// `partition → committed offset` for the progress line.
     pub(crate) fn committed_summary(&self) -> String {
-        let mut v: Vec<_> = self.partitions.iter().map(|(p, t)| (*p, t.committed.as_ref().map(|c| c.0))).collect();
+        let mut v: Vec<_> = self
+            .partitions
+            .iter()
+            .map(|(p, t)| (*p, t.committed.as_ref().map(|c| c.0)))
+            .collect();
         v.sort();
         v.iter()
             .map(|(p, c)| format!("{p}:{}", c.map_or("-".to_string(), |c| c.to_string())))
@@ -487,13 +608,20 @@ async fn upload_file(
                 let body = bytes::Bytes::from(body);
                 report.bytes += body.len() as u64;
                 let n = next_part;
-                let part = retry_forever(&retry, "UploadPart", &key, || uploader.upload_part(&key, &mp, n, body.clone())).await;
+                let part = retry_forever(&retry, "UploadPart", &key, || {
+                    uploader.upload_part(&key, &mp, n, body.clone())
+                })
+                .await;
                 puts.increment(1);
                 next_part += 1;
                 parts.push(part);
                 drop(budget);
             }
-            FileMsg::Finish { file, mut gate, budget } => {
+            FileMsg::Finish {
+                file,
+                mut gate,
+                budget,
+            } => {
                 report.bytes += (file.head.len() + file.tail.len()) as u64;
                 let mp = slot.lock().expect("multipart lock").clone();
                 match mp {
@@ -503,25 +631,37 @@ async fn upload_file(
                         }
                         let mut body = file.head;
                         body.extend_from_slice(&file.tail);
-                        retry_forever(&retry, "PutObject", &key, || uploader.put(&key, body.clone())).await;
+                        retry_forever(&retry, "PutObject", &key, || {
+                            uploader.put(&key, body.clone())
+                        })
+                        .await;
                         puts.increment(1);
                     }
                     Some(mp) => {
                         let head = bytes::Bytes::from(file.head);
-                        let p1 = retry_forever(&retry, "UploadPart", &key, || uploader.upload_part(&key, &mp, 1, head.clone())).await;
+                        let p1 = retry_forever(&retry, "UploadPart", &key, || {
+                            uploader.upload_part(&key, &mp, 1, head.clone())
+                        })
+                        .await;
                         puts.increment(1);
                         parts.push(p1);
                         if !file.tail.is_empty() {
                             let tail = bytes::Bytes::from(file.tail);
                             let n = next_part;
-                            let pn = retry_forever(&retry, "UploadPart", &key, || uploader.upload_part(&key, &mp, n, tail.clone())).await;
+                            let pn = retry_forever(&retry, "UploadPart", &key, || {
+                                uploader.upload_part(&key, &mp, n, tail.clone())
+                            })
+                            .await;
                             puts.increment(1);
                             parts.push(pn);
                         }
                         if gate.wait_for(|open| *open).await.is_err() {
                             return;
                         }
-                        retry_forever(&retry, "CompleteMultipartUpload", &key, || uploader.complete(&key, &mp, parts.clone())).await;
+                        retry_forever(&retry, "CompleteMultipartUpload", &key, || {
+                            uploader.complete(&key, &mp, parts.clone())
+                        })
+                        .await;
                         puts.increment(1);
                         slot.lock().expect("multipart lock").take();
                     }
@@ -535,11 +675,19 @@ async fn upload_file(
     }
 }
 
-async fn ensure_multipart(uploader: &Uploader, retry: &RetryPolicy, key: &str, slot: &Mutex<Option<Multipart>>) -> Multipart {
+async fn ensure_multipart(
+    uploader: &Uploader,
+    retry: &RetryPolicy,
+    key: &str,
+    slot: &Mutex<Option<Multipart>>,
+) -> Multipart {
     if let Some(mp) = slot.lock().expect("multipart lock").clone() {
         return mp;
     }
-    let mp = retry_forever(retry, "CreateMultipartUpload", key, || uploader.create_multipart(key)).await;
+    let mp = retry_forever(retry, "CreateMultipartUpload", key, || {
+        uploader.create_multipart(key)
+    })
+    .await;
     *slot.lock().expect("multipart lock") = Some(mp.clone());
     info!(key, "Streaming a large file with a multipart upload.");
     mp

@@ -56,10 +56,16 @@ impl ConnectorConfig for SinkConfig {
         self.kafka.validate("kafka")?;
         self.s3.validate()?;
         if self.transforms.is_empty() {
-            return Err(ConfigError::invalid("transforms", "must list at least one SmartModule, e.g. `- uses: form-flatten`"));
+            return Err(ConfigError::invalid(
+                "transforms",
+                "must list at least one SmartModule, e.g. `- uses: form-flatten`",
+            ));
         }
         if self.commit.interval.is_zero() {
-            return Err(ConfigError::invalid("commit.interval", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "commit.interval",
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }
@@ -71,7 +77,10 @@ impl SinkConfig {
     }
 
     pub(crate) fn transactional_id(&self) -> String {
-        self.commit.transactional_id.clone().unwrap_or_else(|| format!("{}-{}", self.meta.name, self.group()))
+        self.commit
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.meta.name, self.group()))
     }
 }
 
@@ -109,7 +118,11 @@ const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for CommitConfig {
     fn default() -> Self {
-        Self { interval: DEFAULT_COMMIT_INTERVAL, transactional_id: None, timeout: DEFAULT_COMMIT_TIMEOUT }
+        Self {
+            interval: DEFAULT_COMMIT_INTERVAL,
+            transactional_id: None,
+            timeout: DEFAULT_COMMIT_TIMEOUT,
+        }
     }
 }
 
@@ -233,7 +246,10 @@ impl S3Config {
         if let Some(ep) = &self.endpoint
             && !matches!(ep.scheme(), "http" | "https" | "file")
         {
-            return Err(ConfigError::invalid("s3.endpoint", "must be an `http://`, `https://` or `file://` URL"));
+            return Err(ConfigError::invalid(
+                "s3.endpoint",
+                "must be an `http://`, `https://` or `file://` URL",
+            ));
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(ConfigError::invalid(
@@ -242,25 +258,44 @@ impl S3Config {
             ));
         }
         if self.max_bytes.as_u64() == 0 {
-            return Err(ConfigError::invalid("s3.max-bytes", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "s3.max-bytes",
+                "must be greater than zero",
+            ));
         }
         if self.max_age.is_zero() {
-            return Err(ConfigError::invalid("s3.max-age", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "s3.max-age",
+                "must be greater than zero",
+            ));
         }
         if self.idle_flush.is_zero() {
-            return Err(ConfigError::invalid("s3.idle-flush", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "s3.idle-flush",
+                "must be greater than zero",
+            ));
         }
         if self.part_size.as_u64() < MIN_PART_SIZE {
-            return Err(ConfigError::invalid("s3.part-size", "must be at least 5MiB (S3's minimum part size)"));
+            return Err(ConfigError::invalid(
+                "s3.part-size",
+                "must be at least 5MiB (S3's minimum part size)",
+            ));
         }
         if self.memory_budget.as_u64() < 4 * self.part_size.as_u64() {
-            return Err(ConfigError::invalid("s3.memory-budget", "must be at least 4 × `part-size`"));
+            return Err(ConfigError::invalid(
+                "s3.memory-budget",
+                "must be at least 4 × `part-size`",
+            ));
         }
         self.retry.validate("s3.retry")
     }
 
     pub(crate) fn rolling(&self) -> RollingPolicy {
-        RollingPolicy { max_records: self.max_records.get(), max_bytes: self.max_bytes.as_u64(), max_age: self.max_age }
+        RollingPolicy {
+            max_records: self.max_records.get(),
+            max_bytes: self.max_bytes.as_u64(),
+            max_age: self.max_age,
+        }
     }
 
     /// Where `s3://bucket/key` goes: `file://` or an S3 client.
@@ -268,8 +303,12 @@ impl S3Config {
         if let Some(ep) = &self.endpoint
             && ep.scheme() == "file"
         {
-            let dir = ep.to_file_path().unwrap_or_else(|_| PathBuf::from(ep.path()));
-            return Uploader::File { root: dir.join(&self.bucket) };
+            let dir = ep
+                .to_file_path()
+                .unwrap_or_else(|_| PathBuf::from(ep.path()));
+            return Uploader::File {
+                root: dir.join(&self.bucket),
+            };
         }
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(self.region.clone()));
@@ -287,19 +326,24 @@ impl S3Config {
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(60))
             .build();
-        let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.path_style).timeout_config(timeouts);
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(self.path_style)
+            .timeout_config(timeouts);
         if let Some(ep) = &self.endpoint {
             b = b.endpoint_url(ep.as_str().trim_end_matches('/'));
         }
-        Uploader::S3 { client: aws_sdk_s3::Client::from_conf(b.build()), bucket: self.bucket.clone() }
+        Uploader::S3 {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+            bucket: self.bucket.clone(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use connector_common::config::{config_files_of_type, dummy_secrets_for, load, load_str};
     use connector_common::SecretStore;
+    use connector_common::config::{config_files_of_type, dummy_secrets_for, load, load_str};
     use std::path::Path;
 
     fn config_dir() -> PathBuf {
@@ -326,24 +370,47 @@ s3:
 ";
 
     fn err(extra: &str) -> String {
-        load_str::<SinkConfig>(&format!("{BASE}{extra}"), Path::new("s.yaml"), &SecretStore::from_pairs([]))
-            .unwrap_err()
-            .to_string()
+        load_str::<SinkConfig>(
+            &format!("{BASE}{extra}"),
+            Path::new("s.yaml"),
+            &SecretStore::from_pairs([]),
+        )
+        .unwrap_err()
+        .to_string()
     }
 
     #[test]
     fn golden_errors() {
-        assert_eq!(err("  part-size: 1MiB\n"), "s.yaml: `s3.part-size`: must be at least 5MiB (S3's minimum part size)");
-        assert_eq!(err("  codec: lz4\n"), "s.yaml: `s3.codec`: unknown variant `lz4`, expected one of `null`, `deflate`, `snappy`, `zstd`");
-        assert_eq!(err("  max-bytes: 0B\n"), "s.yaml: `s3.max-bytes`: must be greater than zero");
-        assert_eq!(err("  max-records: 0\n"), "s.yaml: `s3.max-records`: invalid value: integer `0`, expected a nonzero u64");
-        assert_eq!(err("  buckett: x\n").split(", expected").next().unwrap(), "s.yaml: `s3.buckett`: unknown field `buckett`");
-        assert_eq!(err("  endpoint: ftp://x\n"), "s.yaml: `s3.endpoint`: must be an `http://`, `https://` or `file://` URL");
+        assert_eq!(
+            err("  part-size: 1MiB\n"),
+            "s.yaml: `s3.part-size`: must be at least 5MiB (S3's minimum part size)"
+        );
+        assert_eq!(
+            err("  codec: lz4\n"),
+            "s.yaml: `s3.codec`: unknown variant `lz4`, expected one of `null`, `deflate`, `snappy`, `zstd`"
+        );
+        assert_eq!(
+            err("  max-bytes: 0B\n"),
+            "s.yaml: `s3.max-bytes`: must be greater than zero"
+        );
+        assert_eq!(
+            err("  max-records: 0\n"),
+            "s.yaml: `s3.max-records`: invalid value: integer `0`, expected a nonzero u64"
+        );
+        assert_eq!(
+            err("  buckett: x\n").split(", expected").next().unwrap(),
+            "s.yaml: `s3.buckett`: unknown field `buckett`"
+        );
+        assert_eq!(
+            err("  endpoint: ftp://x\n"),
+            "s.yaml: `s3.endpoint`: must be an `http://`, `https://` or `file://` URL"
+        );
     }
 
     #[test]
     fn defaults() {
-        let c = load_str::<SinkConfig>(BASE, Path::new("s.yaml"), &SecretStore::from_pairs([])).unwrap();
+        let c = load_str::<SinkConfig>(BASE, Path::new("s.yaml"), &SecretStore::from_pairs([]))
+            .unwrap();
         assert_eq!(c.s3.codec, CodecName::Zstd);
         assert_eq!(c.s3.max_bytes, ByteSize::mib(64));
         assert_eq!(c.transactional_id(), "s-s");

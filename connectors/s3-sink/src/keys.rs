@@ -14,8 +14,13 @@ pub(crate) fn object_key(
     first_offset: i64,
 ) -> String {
     let prefix = prefix.trim_matches('/');
-    let name = format!("{table}/event_date={event_date}/{topic}+{partition}+{first_offset:020}.avro");
-    if prefix.is_empty() { name } else { format!("{prefix}/{name}") }
+    let name =
+        format!("{table}/event_date={event_date}/{topic}+{partition}+{first_offset:020}.avro");
+    if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    }
 }
 
 /// The parts of a key written by [`object_key`] (used by tests and `make run` listings).
@@ -59,7 +64,10 @@ mod tests {
             k,
             "form-etl/form_field/event_date=2022-10-02/form.enriched+2+00000000000000000042.avro"
         );
-        assert_eq!(object_key("", "form", d, "t", 0, 0), "form/event_date=2022-10-02/t+0+00000000000000000000.avro");
+        assert_eq!(
+            object_key("", "form", d, "t", 0, 0),
+            "form/event_date=2022-10-02/t+0+00000000000000000000.avro"
+        );
         let p = parse_key(&k).unwrap();
         assert_eq!(p.table, "form_field");
         assert_eq!(p.topic, "form.enriched");

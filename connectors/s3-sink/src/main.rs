@@ -49,7 +49,10 @@ async fn run(cfg: SinkConfig, args: CommonArgs) -> anyhow::Result<()> {
     let handle = telemetry::install_metrics()?;
     let (addr, every) = match &cfg.metrics {
         Some(m) => (m.address, m.progress_interval),
-        None => (DEFAULT_METRICS_ADDR.parse::<SocketAddr>()?, telemetry::DEFAULT_PROGRESS_INTERVAL),
+        None => (
+            DEFAULT_METRICS_ADDR.parse::<SocketAddr>()?,
+            telemetry::DEFAULT_PROGRESS_INTERVAL,
+        ),
     };
     let server = telemetry::serve_http(addr, handle, health.clone(), shutdown.clone()).await?;
     let progress = Arc::new(sink::Progress::default());
@@ -61,8 +64,17 @@ async fn run(cfg: SinkConfig, args: CommonArgs) -> anyhow::Result<()> {
         last = total;
         format!("records in: {total} ({rate:.0}/s)")
     });
+    for step in &cfg.transforms {
+        anyhow::ensure!(
+            step.uses == "form-flatten",
+            "`transforms`: `{}` is not available (this build runs `form-flatten`)",
+            step.uses
+        );
+    }
     let transform: Box<dyn transform::Transform> = Box::new(transform::NativeFlatten);
-    let opts = sink::RunOptions { max_records: args.max_records };
+    let opts = sink::RunOptions {
+        max_records: args.max_records,
+    };
     let res = sink::run(cfg, opts, transform, shutdown.clone(), health, progress).await;
     shutdown.trigger();
     let _ = server.task.await;

@@ -46,8 +46,14 @@ pub(crate) struct Seal {
 /// Commands from the async side.
 #[derive(Debug)]
 pub(crate) enum Cmd {
-    Assign { partition: i32, epoch: u64, seal: Option<Seal> },
-    Revoke { partition: i32 },
+    Assign {
+        partition: i32,
+        epoch: u64,
+        seal: Option<Seal>,
+    },
+    Revoke {
+        partition: i32,
+    },
     Batch(Vec<InRecord>),
     /// Wall-clock tick: idle flushes.
     Tick,
@@ -92,12 +98,29 @@ pub(crate) struct DeadLetter {
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A full part of an open file (part 2, 3, …).
-    Part { partition: i32, epoch: u64, file_id: u64, key: String, table: Table, body: Vec<u8>, budget: BudgetGuard },
+    Part {
+        partition: i32,
+        epoch: u64,
+        file_id: u64,
+        key: String,
+        table: Table,
+        body: Vec<u8>,
+        budget: BudgetGuard,
+    },
     Sealed(SealedSegment),
     /// Where a partition stands after a batch: its next offset and its open segment, if any
     /// (start offset and first record time).
-    Progress { partition: i32, epoch: u64, next_offset: i64, open: Option<(i64, Option<i64>)> },
-    Dlq { partition: i32, epoch: u64, letter: DeadLetter },
+    Progress {
+        partition: i32,
+        epoch: u64,
+        next_offset: i64,
+        open: Option<(i64, Option<i64>)>,
+    },
+    Dlq {
+        partition: i32,
+        epoch: u64,
+        letter: DeadLetter,
+    },
     Drained,
 }
 
@@ -112,7 +135,11 @@ pub(crate) struct InFlightBudget {
 
 impl InFlightBudget {
     pub(crate) fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { cap, used: Mutex::new(0), freed: Condvar::new() })
+        Arc::new(Self {
+            cap,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        })
     }
 
     /// Blocks until `n` bytes fit (a single request larger than the budget waits until nothing
@@ -123,7 +150,10 @@ impl InFlightBudget {
             used = self.freed.wait(used).expect("budget lock");
         }
         *used += n;
-        BudgetGuard { budget: Some(self.clone()), n }
+        BudgetGuard {
+            budget: Some(self.clone()),
+            n,
+        }
     }
 
     pub(crate) fn used(&self) -> usize {
@@ -136,13 +166,6 @@ impl InFlightBudget {
 pub(crate) struct BudgetGuard {
     budget: Option<Arc<InFlightBudget>>,
     n: usize,
-}
-
-impl BudgetGuard {
-    #[cfg(test)]
-    pub(crate) fn detached() -> Self {
-        Self { budget: None, n: 0 }
-    }
 }
 
 impl Drop for BudgetGuard {
@@ -205,7 +228,9 @@ pub(crate) struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("partitions", &self.partitions.len()).finish()
+        f.debug_struct("Pipeline")
+            .field("partitions", &self.partitions.len())
+            .finish()
     }
 }
 
@@ -224,7 +249,15 @@ impl Pipeline {
         events: mpsc::Sender<Event>,
         inflight: Arc<InFlightBudget>,
     ) -> Self {
-        Self { settings, transform, tables, partitions: HashMap::new(), events, inflight, next_file_id: 0 }
+        Self {
+            settings,
+            transform,
+            tables,
+            partitions: HashMap::new(),
+            events,
+            inflight,
+            next_file_id: 0,
+        }
     }
 
     /// Runs until the command channel closes. A failure here (a bug: Avro encoding of a
@@ -246,20 +279,40 @@ impl Pipeline {
     /// Handles one command; `false` when the async side is gone.
     pub(crate) fn handle(&mut self, cmd: Cmd) -> anyhow::Result<bool> {
         match cmd {
-            Cmd::Assign { partition, epoch, seal } => {
+            Cmd::Assign {
+                partition,
+                epoch,
+                seal,
+            } => {
                 if let Some(seal) = seal {
-                    info!(partition, start = seal.start, end = seal.end, "Replaying a sealed segment: it will close at the same offset as before.");
+                    info!(
+                        partition,
+                        start = seal.start,
+                        end = seal.end,
+                        "Replaying a sealed segment: it will close at the same offset as before."
+                    );
                 }
                 self.partitions.insert(
                     partition,
-                    PartitionState { epoch, next_offset: None, seal, segment: None, last_record: Instant::now() },
+                    PartitionState {
+                        epoch,
+                        next_offset: None,
+                        seal,
+                        segment: None,
+                        last_record: Instant::now(),
+                    },
                 );
             }
             Cmd::Revoke { partition } => {
                 if let Some(ps) = self.partitions.remove(&partition)
                     && let Some(seg) = ps.segment
                 {
-                    info!(partition, start = seg.start, files = seg.files.len(), "Partition revoked: its open files are abandoned, uncommitted.");
+                    info!(
+                        partition,
+                        start = seg.start,
+                        files = seg.files.len(),
+                        "Partition revoked: its open files are abandoned, uncommitted."
+                    );
                 }
             }
             Cmd::Batch(records) => return self.batch(records),
@@ -268,7 +321,9 @@ impl Pipeline {
                     .partitions
                     .iter()
                     .filter(|(_, ps)| {
-                        ps.segment.is_some() && ps.seal.is_none() && ps.last_record.elapsed() >= self.settings.idle_flush
+                        ps.segment.is_some()
+                            && ps.seal.is_none()
+                            && ps.last_record.elapsed() >= self.settings.idle_flush
                     })
                     .map(|(p, _)| *p)
                     .collect();
@@ -299,8 +354,12 @@ impl Pipeline {
     }
 
     fn progress(&self, partition: i32) -> bool {
-        let Some(ps) = self.partitions.get(&partition) else { return true };
-        let Some(next_offset) = ps.next_offset else { return true };
+        let Some(ps) = self.partitions.get(&partition) else {
+            return true;
+        };
+        let Some(next_offset) = ps.next_offset else {
+            return true;
+        };
         self.emit(Event::Progress {
             partition,
             epoch: ps.epoch,
@@ -323,11 +382,18 @@ impl Pipeline {
         }
         metrics::counter!("component_received_events_total").increment(records.len() as u64);
         let outputs = {
-            let inputs: Vec<(Option<&[u8]>, &[u8])> =
-                records.iter().map(|r| (r.key.as_deref(), r.value.as_deref().unwrap_or_default())).collect();
+            let inputs: Vec<(Option<&[u8]>, &[u8])> = records
+                .iter()
+                .map(|r| (r.key.as_deref(), r.value.as_deref().unwrap_or_default()))
+                .collect();
             self.transform.process(&inputs)
         };
-        anyhow::ensure!(outputs.len() == records.len(), "the transform chain answered {} results for {} records", outputs.len(), records.len());
+        anyhow::ensure!(
+            outputs.len() == records.len(),
+            "the transform chain answered {} results for {} records",
+            outputs.len(),
+            records.len()
+        );
         let digests = self.transform.digests();
         let mut touched = BTreeSet::new();
         let mut rows_by_table = [0u64; 2];
@@ -345,13 +411,20 @@ impl Pipeline {
                     self.accept(&rec, rows, &digests)?;
                 }
                 Err((reason, detail)) => {
-                    metrics::counter!("s3_sink_dlq_records_total", "reason" => reason.as_str()).increment(1);
+                    metrics::counter!("s3_sink_dlq_records_total", "reason" => reason.as_str())
+                        .increment(1);
                     debug!(partition = rec.partition, offset = rec.offset, %reason, %detail, "Record sent to the dead-letter queue.");
                     let ps = self.partitions.get(&rec.partition).expect("filtered above");
                     let ev = Event::Dlq {
                         partition: rec.partition,
                         epoch: ps.epoch,
-                        letter: DeadLetter { offset: rec.offset, key: rec.key.clone(), value: rec.value.clone(), reason, detail },
+                        letter: DeadLetter {
+                            offset: rec.offset,
+                            key: rec.key.clone(),
+                            value: rec.value.clone(),
+                            reason,
+                            detail,
+                        },
                     };
                     if !self.emit(ev) {
                         return Ok(false);
@@ -361,7 +434,8 @@ impl Pipeline {
             }
         }
         for t in Table::ALL {
-            metrics::counter!("s3_sink_rows_total", "table" => t.as_str()).increment(rows_by_table[t as usize]);
+            metrics::counter!("s3_sink_rows_total", "table" => t.as_str())
+                .increment(rows_by_table[t as usize]);
         }
         self.ship_parts()?;
         self.enforce_budget()?;
@@ -377,17 +451,30 @@ impl Pipeline {
     fn rows_of(&self, values: &[Vec<u8>]) -> Result<Vec<ReadyRow>, (DlqReason, String)> {
         let mut out = Vec::new();
         for v in values {
-            let flat = form_model::Flattened::from_slice(v)
-                .map_err(|e| (DlqReason::TransformError, format!("the transform's output is not {{form, form_field}} JSON: {e}")))?;
-            for (table, rows) in [(Table::Form, flat.form), (Table::FormField, flat.form_field)] {
+            let flat = form_model::Flattened::from_slice(v).map_err(|e| {
+                (
+                    DlqReason::TransformError,
+                    format!("the transform's output is not {{form, form_field}} JSON: {e}"),
+                )
+            })?;
+            for (table, rows) in [
+                (Table::Form, flat.form),
+                (Table::FormField, flat.form_field),
+            ] {
                 for row in rows {
                     let date = form_model::row_event_date(&row).ok_or_else(|| {
-                        (DlqReason::SchemaMismatch, format!("{}: the row has no event_happened_at timestamp", table.as_str()))
+                        (
+                            DlqReason::SchemaMismatch,
+                            format!(
+                                "{}: the row has no event_happened_at timestamp",
+                                table.as_str()
+                            ),
+                        )
                     })?;
                     let value = self
                         .tables
-                        .to_avro(table, &row)
-                        .map_err(|e| (DlqReason::SchemaMismatch, format!("{}: {e}", table.as_str())))?;
+                        .convert(table, row)
+                        .map_err(|e| (DlqReason::SchemaMismatch, e.to_string()))?;
                     out.push(ReadyRow { table, date, value });
                 }
             }
@@ -397,7 +484,12 @@ impl Pipeline {
 
     /// Adds one record's rows to its partition's segment, rolling before/after as the policy
     /// and any sealed boundary say.
-    fn accept(&mut self, rec: &InRecord, rows: Vec<ReadyRow>, digests: &[(String, String)]) -> anyhow::Result<()> {
+    fn accept(
+        &mut self,
+        rec: &InRecord,
+        rows: Vec<ReadyRow>,
+        digests: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let p = rec.partition;
         // A sealed boundary reached by this record closes the replayed segment first.
         let seal = self.partitions[&p].seal;
@@ -411,7 +503,9 @@ impl Pipeline {
         let before = {
             let ps = &self.partitions[&p];
             match (&ps.segment, rec.timestamp_ms) {
-                (Some(seg), Some(ts)) if !rows.is_empty() => policy.roll_before(seg.first_ts_ms.unwrap_or(ts), ts),
+                (Some(seg), Some(ts)) if !rows.is_empty() => {
+                    policy.roll_before(seg.first_ts_ms.unwrap_or(ts), ts)
+                }
                 _ => None,
             }
         };
@@ -433,18 +527,40 @@ impl Pipeline {
                 if !seg.files.contains_key(&slot) {
                     let id = self.next_file_id;
                     self.next_file_id += 1;
-                    let key = object_key(&self.settings.prefix, row.table.as_str(), &slot.1, &self.settings.topic, p, seg.start);
+                    let key = object_key(
+                        &self.settings.prefix,
+                        row.table.as_str(),
+                        &slot.1,
+                        &self.settings.topic,
+                        p,
+                        seg.start,
+                    );
                     let enc = FileEncoder::new(self.tables.schema(row.table), codec, part_size)?;
-                    seg.files.insert(slot.clone(), OpenFile { id, key, table: row.table, enc });
+                    seg.files.insert(
+                        slot.clone(),
+                        OpenFile {
+                            id,
+                            key,
+                            table: row.table,
+                            enc,
+                        },
+                    );
                 }
-                seg.files.get_mut(&slot).expect("inserted").enc.append(&row.value)?;
+                seg.files
+                    .get_mut(&slot)
+                    .expect("inserted")
+                    .enc
+                    .append(&row.value)?;
             }
         }
         let ps = self.partitions.get_mut(&p).expect("assigned");
         ps.next_offset = Some(rec.offset + 1);
         ps.last_record = Instant::now();
         let after = ps.segment.as_ref().and_then(|seg| {
-            policy.roll_after(seg.files.values().map(|f| FileSize { rows: f.enc.rows(), bytes: f.enc.encoded_bytes() }))
+            policy.roll_after(seg.files.values().map(|f| FileSize {
+                rows: f.enc.rows(),
+                bytes: f.enc.encoded_bytes(),
+            }))
         });
         if let Some(reason) = after {
             self.roll(p, rec.offset + 1, reason)?;
@@ -460,36 +576,72 @@ impl Pipeline {
     }
 
     fn roll_at_next(&mut self, p: i32, reason: RollReason) -> anyhow::Result<()> {
-        let Some(next) = self.partitions.get(&p).and_then(|ps| ps.next_offset) else { return Ok(()) };
+        let Some(next) = self.partitions.get(&p).and_then(|ps| ps.next_offset) else {
+            return Ok(());
+        };
         self.roll(p, next, reason)
     }
 
     /// Closes partition `p`'s open segment at `end` (exclusive) and hands its files over.
     fn roll(&mut self, p: i32, end: i64, reason: RollReason) -> anyhow::Result<()> {
-        let Some(ps) = self.partitions.get_mut(&p) else { return Ok(()) };
-        let Some(seg) = ps.segment.take() else { return Ok(()) };
+        let Some(ps) = self.partitions.get_mut(&p) else {
+            return Ok(());
+        };
+        let Some(seg) = ps.segment.take() else {
+            return Ok(());
+        };
         let epoch = ps.epoch;
         let transforms = serde_json::to_string(
-            &seg.digests.iter().map(|(n, d)| serde_json::json!({"uses": n, "sha256": d})).collect::<Vec<_>>(),
+            &seg.digests
+                .iter()
+                .map(|(n, d)| serde_json::json!({"uses": n, "sha256": d}))
+                .collect::<Vec<_>>(),
         )?;
         let mut files = Vec::with_capacity(seg.files.len());
         for ((table, date), f) in seg.files {
             let meta = vec![
                 ("form_etl.table".to_owned(), table.as_str().to_owned()),
                 ("form_etl.event_date".to_owned(), date),
-                ("form_etl.source.topic".to_owned(), self.settings.topic.clone()),
+                (
+                    "form_etl.source.topic".to_owned(),
+                    self.settings.topic.clone(),
+                ),
                 ("form_etl.source.partition".to_owned(), p.to_string()),
-                ("form_etl.source.first_offset".to_owned(), seg.start.to_string()),
+                (
+                    "form_etl.source.first_offset".to_owned(),
+                    seg.start.to_string(),
+                ),
                 ("form_etl.source.end_offset".to_owned(), end.to_string()),
                 ("form_etl.transforms".to_owned(), transforms.clone()),
             ];
             let file = f.enc.finish(&meta)?;
             let budget = self.inflight.acquire(file.head.len() + file.tail.len());
-            files.push(SealedFile { file_id: f.id, key: f.key, table: f.table, file, budget });
+            files.push(SealedFile {
+                file_id: f.id,
+                key: f.key,
+                table: f.table,
+                file,
+                budget,
+            });
         }
-        debug!(partition = p, start = seg.start, end, reason = reason.as_str(), files = files.len(), "Segment closed.");
+        debug!(
+            partition = p,
+            start = seg.start,
+            end,
+            reason = reason.as_str(),
+            files = files.len(),
+            "Segment closed."
+        );
         metrics::counter!("s3_sink_segments_total", "reason" => reason.as_str()).increment(1);
-        let sealed = SealedSegment { partition: p, epoch, start: seg.start, end, reason, first_ts_ms: seg.first_ts_ms, files };
+        let sealed = SealedSegment {
+            partition: p,
+            epoch,
+            start: seg.start,
+            end,
+            reason,
+            first_ts_ms: seg.first_ts_ms,
+            files,
+        };
         if !self.emit(Event::Sealed(sealed)) {
             error!("The upload side is gone; stopping the pipeline.");
         }
@@ -510,7 +662,15 @@ impl Pipeline {
         }
         for (partition, epoch, file_id, key, table, body) in out {
             let budget = self.inflight.acquire(body.len());
-            if !self.emit(Event::Part { partition, epoch, file_id, key, table, body, budget }) {
+            if !self.emit(Event::Part {
+                partition,
+                epoch,
+                file_id,
+                key,
+                table,
+                body,
+                budget,
+            }) {
                 break;
             }
         }
@@ -538,8 +698,16 @@ impl Pipeline {
                 .filter(|(_, ps)| ps.segment.is_some() && ps.seal.is_none())
                 .map(|(p, _)| (self.open_bytes(*p), *p))
                 .max();
-            let Some((bytes, p)) = largest else { return Ok(()) };
-            info!(partition = p, bytes, total, budget = self.settings.open_budget, "Memory budget exceeded: flushing the largest partition.");
+            let Some((bytes, p)) = largest else {
+                return Ok(());
+            };
+            info!(
+                partition = p,
+                bytes,
+                total,
+                budget = self.settings.open_budget,
+                "Memory budget exceeded: flushing the largest partition."
+            );
             self.roll_at_next(p, RollReason::Memory)?;
         }
     }
@@ -554,7 +722,11 @@ mod tests {
         PipelineSettings {
             topic: "t".into(),
             prefix: "p".into(),
-            policy: RollingPolicy { max_records, max_bytes: u64::MAX, max_age: Duration::from_secs(3600) },
+            policy: RollingPolicy {
+                max_records,
+                max_bytes: u64::MAX,
+                max_age: Duration::from_secs(3600),
+            },
             idle_flush: Duration::from_secs(3600),
             open_budget: usize::MAX,
             part_size: 5 << 20,
@@ -581,8 +753,16 @@ mod tests {
             }
             ff.push(row);
         }
-        let value = serde_json::json!({"form": [form], "form_field": ff}).to_string().into_bytes();
-        InRecord { partition, offset, timestamp_ms: Some(offset * 1000), key: None, value: Some(value) }
+        let value = serde_json::json!({"form": [form], "form_field": ff})
+            .to_string()
+            .into_bytes();
+        InRecord {
+            partition,
+            offset,
+            timestamp_ms: Some(offset * 1000),
+            key: None,
+            value: Some(value),
+        }
     }
 
     struct Harness {
@@ -607,7 +787,11 @@ mod tests {
         let mut out = Vec::new();
         while let Ok(ev) = h.rx.try_recv() {
             if let Event::Sealed(s) = ev {
-                out.push((s.start, s.end, s.files.iter().map(|f| f.key.clone()).collect()));
+                out.push((
+                    s.start,
+                    s.end,
+                    s.files.iter().map(|f| f.key.clone()).collect(),
+                ));
             }
         }
         out
@@ -615,16 +799,30 @@ mod tests {
 
     #[test]
     fn replay_from_a_boundary_reproduces_keys() {
-        let recs: Vec<InRecord> = (0..20).map(|o| record(0, o, 1 + (o as u32 % 3), 2)).collect();
+        let recs: Vec<InRecord> = (0..20)
+            .map(|o| record(0, o, 1 + (o as u32 % 3), 2))
+            .collect();
         let mut h = harness(5);
-        h.pipe.handle(Cmd::Assign { partition: 0, epoch: 1, seal: None }).unwrap();
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                seal: None,
+            })
+            .unwrap();
         h.pipe.handle(Cmd::Batch(recs.clone())).unwrap();
         let first = sealed(&mut h);
         assert!(!first.is_empty());
         // Replay from the second boundary, in small batches: same segments from there on.
         let from = first[1].0;
         let mut h2 = harness(5);
-        h2.pipe.handle(Cmd::Assign { partition: 0, epoch: 1, seal: None }).unwrap();
+        h2.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                seal: None,
+            })
+            .unwrap();
         for chunk in recs[from as usize..].chunks(3) {
             h2.pipe.handle(Cmd::Batch(chunk.to_vec())).unwrap();
         }
@@ -635,12 +833,23 @@ mod tests {
     fn sealed_boundary_is_honoured_on_replay() {
         let recs: Vec<InRecord> = (0..10).map(|o| record(0, o, 1, 1)).collect();
         let mut h = harness(1000);
-        h.pipe.handle(Cmd::Assign { partition: 0, epoch: 1, seal: Some(Seal { start: 0, end: 4 }) }).unwrap();
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                seal: Some(Seal { start: 0, end: 4 }),
+            })
+            .unwrap();
         h.pipe.handle(Cmd::Batch(recs)).unwrap();
         let s = sealed(&mut h);
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].0, s[0].1), (0, 4));
-        assert!(s[0].2.iter().all(|k| k.ends_with("t+0+00000000000000000000.avro")), "{s:?}");
+        assert!(
+            s[0].2
+                .iter()
+                .all(|k| k.ends_with("t+0+00000000000000000000.avro")),
+            "{s:?}"
+        );
         h.pipe.handle(Cmd::Drain).unwrap();
         let s = sealed(&mut h);
         assert_eq!((s[0].0, s[0].1), (4, 10));
@@ -649,18 +858,28 @@ mod tests {
     #[test]
     fn dead_letter_for_schema_mismatch() {
         let mut h = harness(1000);
-        h.pipe.handle(Cmd::Assign { partition: 0, epoch: 1, seal: None }).unwrap();
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                seal: None,
+            })
+            .unwrap();
         let mut bad = record(0, 0, 1, 1);
         let mut v: serde_json::Value = serde_json::from_slice(bad.value.as_ref().unwrap()).unwrap();
         v["form"][0]["surprise"] = serde_json::json!(1);
         bad.value = Some(v.to_string().into_bytes());
-        h.pipe.handle(Cmd::Batch(vec![bad, record(0, 1, 1, 1)])).unwrap();
+        h.pipe
+            .handle(Cmd::Batch(vec![bad, record(0, 1, 1, 1)]))
+            .unwrap();
         let mut dlq = Vec::new();
         let mut progress = None;
         while let Ok(ev) = h.rx.try_recv() {
             match ev {
                 Event::Dlq { letter, .. } => dlq.push(letter),
-                Event::Progress { next_offset, open, .. } => progress = Some((next_offset, open)),
+                Event::Progress {
+                    next_offset, open, ..
+                } => progress = Some((next_offset, open)),
                 _ => {}
             }
         }

@@ -68,13 +68,20 @@ pub(crate) struct FileSize {
 impl RollingPolicy {
     /// Checked before a record joins the open segment: roll at the record's offset when its
     /// Kafka timestamp is `max-age` past the segment's first record.
-    pub(crate) fn roll_before(&self, segment_first_ts_ms: i64, record_ts_ms: i64) -> Option<RollReason> {
+    pub(crate) fn roll_before(
+        &self,
+        segment_first_ts_ms: i64,
+        record_ts_ms: i64,
+    ) -> Option<RollReason> {
         let age_ms = record_ts_ms.saturating_sub(segment_first_ts_ms);
         (age_ms >= 0 && age_ms as u128 >= self.max_age.as_millis()).then_some(RollReason::MaxAge)
     }
 
     /// Checked after a record's rows were appended: roll after that record when one file is full.
-    pub(crate) fn roll_after(&self, files: impl IntoIterator<Item = FileSize>) -> Option<RollReason> {
+    pub(crate) fn roll_after(
+        &self,
+        files: impl IntoIterator<Item = FileSize>,
+    ) -> Option<RollReason> {
         for f in files {
             if f.rows >= self.max_records {
                 return Some(RollReason::MaxRecords);
@@ -92,7 +99,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RollingPolicy {
-        RollingPolicy { max_records: 3, max_bytes: 100, max_age: Duration::from_secs(60) }
+        RollingPolicy {
+            max_records: 3,
+            max_bytes: 100,
+            max_age: Duration::from_secs(60),
+        }
     }
 
     #[test]
@@ -109,10 +120,19 @@ mod tests {
         let p = policy();
         assert_eq!(p.roll_after([FileSize { rows: 2, bytes: 99 }]), None);
         assert_eq!(
-            p.roll_after([FileSize { rows: 1, bytes: 1 }, FileSize { rows: 3, bytes: 1 }]),
+            p.roll_after([
+                FileSize { rows: 1, bytes: 1 },
+                FileSize { rows: 3, bytes: 1 }
+            ]),
             Some(RollReason::MaxRecords)
         );
-        assert_eq!(p.roll_after([FileSize { rows: 1, bytes: 100 }]), Some(RollReason::MaxBytes));
+        assert_eq!(
+            p.roll_after([FileSize {
+                rows: 1,
+                bytes: 100
+            }]),
+            Some(RollReason::MaxBytes)
+        );
     }
 
     #[test]

@@ -52,14 +52,20 @@ impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let ps = tpl.elements().iter().map(|e| e.partition()).collect();
-            self.events.lock().expect("rebalance lock").push(RebalanceEvent::Revoke(ps));
+            self.events
+                .lock()
+                .expect("rebalance lock")
+                .push(RebalanceEvent::Revoke(ps));
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let ps = tpl.elements().iter().map(|e| e.partition()).collect();
-            self.events.lock().expect("rebalance lock").push(RebalanceEvent::Assign(ps));
+            self.events
+                .lock()
+                .expect("rebalance lock")
+                .push(RebalanceEvent::Assign(ps));
         }
     }
 }
@@ -88,7 +94,10 @@ pub(crate) async fn run(
     let topic = cfg.kafka.topic.clone();
     let uploader = cfg.s3.uploader().await;
     if cfg.s3.create_bucket || matches!(uploader, crate::upload::Uploader::File { .. }) {
-        uploader.ensure_bucket().await.context("creating the output bucket")?;
+        uploader
+            .ensure_bucket()
+            .await
+            .context("creating the output bucket")?;
     }
 
     let mut cc = cfg.kafka.client_config();
@@ -105,20 +114,34 @@ pub(crate) async fn run(
     {
         cc.set("max.partition.fetch.bytes", b.as_u64().to_string());
     }
-    let consumer: Arc<StreamConsumer<SinkContext>> =
-        Arc::new(cc.create_with_context(SinkContext::default()).context("creating the Kafka consumer")?);
+    let consumer: Arc<StreamConsumer<SinkContext>> = Arc::new(
+        cc.create_with_context(SinkContext::default())
+            .context("creating the Kafka consumer")?,
+    );
     consumer.subscribe(&[&topic]).context("subscribing")?;
 
     let mut pc = cfg.kafka.client_config();
-    pc.set("transactional.id", cfg.transactional_id()).set("enable.idempotence", "true");
-    for k in ["group.instance.id", "session.timeout.ms", "isolation.level", "auto.offset.reset"] {
+    pc.set("transactional.id", cfg.transactional_id())
+        .set("enable.idempotence", "true");
+    for k in [
+        "group.instance.id",
+        "session.timeout.ms",
+        "isolation.level",
+        "auto.offset.reset",
+    ] {
         pc.remove(k);
     }
-    let producer: ThreadedProducer<_> = pc.create().context("creating the Kafka producer (dead letters, commits)")?;
+    let producer: ThreadedProducer<_> = pc
+        .create()
+        .context("creating the Kafka producer (dead letters, commits)")?;
     let timeout = cfg.commit.timeout;
-    let producer = tokio::task::spawn_blocking(move || producer.init_transactions(timeout).map(|()| producer))
-        .await?
-        .context("initialising Kafka transactions (is the transactional id used by a live instance?)")?;
+    let producer = tokio::task::spawn_blocking(move || {
+        producer.init_transactions(timeout).map(|()| producer)
+    })
+    .await?
+    .context(
+        "initialising Kafka transactions (is the transactional id used by a live instance?)",
+    )?;
     let committer = Arc::new(TxnCommitter {
         producer,
         consumer: consumer.clone(),
@@ -160,8 +183,12 @@ pub(crate) async fn run(
     health.set_ready(true);
     info!(%topic, group = cfg.group(), "Sink running.");
 
-    let rebalance = |pending: &mut VecDeque<Cmd>, manager: &mut Manager, epoch: &mut u64| -> anyhow::Result<()> {
-        let events: Vec<RebalanceEvent> = std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"));
+    let rebalance = |pending: &mut VecDeque<Cmd>,
+                     manager: &mut Manager,
+                     epoch: &mut u64|
+     -> anyhow::Result<()> {
+        let events: Vec<RebalanceEvent> =
+            std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"));
         for ev in events {
             match ev {
                 RebalanceEvent::Revoke(ps) => {
@@ -176,8 +203,10 @@ pub(crate) async fn run(
                     for p in &ps {
                         tpl.add_partition(&topic, *p);
                     }
-                    let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(30)))
-                        .context("reading the committed offsets")?;
+                    let committed = tokio::task::block_in_place(|| {
+                        consumer.committed_offsets(tpl, Duration::from_secs(30))
+                    })
+                    .context("reading the committed offsets")?;
                     for p in ps {
                         *epoch += 1;
                         let e = committed.find_partition(&topic, p);
@@ -191,7 +220,11 @@ pub(crate) async fn run(
                         };
                         info!(partition = p, committed = ?offset, ?seal, "Partition assigned.");
                         manager.assign(p, *epoch, offset);
-                        pending.push_back(Cmd::Assign { partition: p, epoch: *epoch, seal });
+                        pending.push_back(Cmd::Assign {
+                            partition: p,
+                            epoch: *epoch,
+                            seal,
+                        });
                     }
                 }
             }

@@ -19,7 +19,10 @@ pub(crate) mod tests {
     pub(crate) struct Identity;
 
     impl Transform for Identity {
-        fn process(&mut self, inputs: &[(Option<&[u8]>, &[u8])]) -> Vec<Result<Vec<Vec<u8>>, String>> {
+        fn process(
+            &mut self,
+            inputs: &[(Option<&[u8]>, &[u8])],
+        ) -> Vec<Result<Vec<Vec<u8>>, String>> {
             inputs.iter().map(|(_, v)| Ok(vec![v.to_vec()])).collect()
         }
 
@@ -40,7 +43,9 @@ impl Transform for NativeFlatten {
             .iter()
             .map(|(_, v)| {
                 let mut out = Vec::new();
-                form_model::flatten_to_json(v, &mut out).map(|()| vec![out]).map_err(|e| e.to_string())
+                form_model::flatten_to_json(v, &mut out)
+                    .map(|()| vec![out])
+                    .map_err(|e| e.to_string())
             })
             .collect()
     }

@@ -20,7 +20,11 @@ pub(crate) enum UploadError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("S3 {op} `{key}`: the answer has no {what}")]
-    S3Answer { op: &'static str, key: String, what: &'static str },
+    S3Answer {
+        op: &'static str,
+        key: String,
+        what: &'static str,
+    },
     #[error("writing `{path}`: {source}")]
     File {
         path: PathBuf,
@@ -29,12 +33,16 @@ pub(crate) enum UploadError {
     },
 }
 
-
 /// The destination of the files.
 #[derive(Debug, Clone)]
 pub(crate) enum Uploader {
-    S3 { client: aws_sdk_s3::Client, bucket: String },
-    File { root: PathBuf },
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+    },
+    File {
+        root: PathBuf,
+    },
 }
 
 /// A multipart upload in progress (S3 upload id, or the local directory holding the parts).
@@ -52,13 +60,6 @@ pub(crate) struct Part {
 }
 
 impl Uploader {
-    pub(crate) fn describe(&self, key: &str) -> String {
-        match self {
-            Uploader::S3 { bucket, .. } => format!("s3://{bucket}/{key}"),
-            Uploader::File { root } => root.join(key).display().to_string(),
-        }
-    }
-
     /// Creates the bucket if it does not exist (local runs and tests).
     pub(crate) async fn ensure_bucket(&self) -> Result<(), UploadError> {
         match self {
@@ -66,11 +67,21 @@ impl Uploader {
                 if client.head_bucket().bucket(bucket).send().await.is_ok() {
                     return Ok(());
                 }
-                client.create_bucket().bucket(bucket).send().await.map_err(|e| s3_err("CreateBucket", bucket, e))?;
+                client
+                    .create_bucket()
+                    .bucket(bucket)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("CreateBucket", bucket, e))?;
                 Ok(())
             }
             Uploader::File { root } => {
-                tokio::fs::create_dir_all(root).await.map_err(|source| UploadError::File { path: root.clone(), source })
+                tokio::fs::create_dir_all(root)
+                    .await
+                    .map_err(|source| UploadError::File {
+                        path: root.clone(),
+                        source,
+                    })
             }
         }
     }
@@ -112,13 +123,22 @@ impl Uploader {
                     key: key.to_owned(),
                     what: "upload id",
                 })?;
-                Ok(Multipart::S3 { upload_id: upload_id.to_owned() })
+                Ok(Multipart::S3 {
+                    upload_id: upload_id.to_owned(),
+                })
             }
             Uploader::File { root } => {
-                let dir = root.join(".parts").join(format!("{:032x}", rand::random::<u128>()));
+                let dir = root
+                    .join(".parts")
+                    .join(format!("{:032x}", rand::random::<u128>()));
                 let d = dir.clone();
-                blocking(move || std::fs::create_dir_all(&d).map_err(|source| UploadError::File { path: d.clone(), source }))
-                    .await?;
+                blocking(move || {
+                    std::fs::create_dir_all(&d).map_err(|source| UploadError::File {
+                        path: d.clone(),
+                        source,
+                    })
+                })
+                .await?;
                 Ok(Multipart::File { dir })
             }
         }
@@ -143,21 +163,34 @@ impl Uploader {
                     .send()
                     .await
                     .map_err(|e| s3_err("UploadPart", key, e))?;
-                Ok(Part { number, etag: out.e_tag().map(str::to_owned) })
+                Ok(Part {
+                    number,
+                    etag: out.e_tag().map(str::to_owned),
+                })
             }
             (_, Multipart::File { dir }) => {
                 let path = dir.join(format!("{number:06}"));
                 blocking(move || {
-                    std::fs::write(&path, &body).map_err(|source| UploadError::File { path: path.clone(), source })
+                    std::fs::write(&path, &body).map_err(|source| UploadError::File {
+                        path: path.clone(),
+                        source,
+                    })
                 })
                 .await?;
                 Ok(Part { number, etag: None })
             }
-            (Uploader::File { .. }, Multipart::S3 { .. }) => unreachable!("an S3 upload id with a file output"),
+            (Uploader::File { .. }, Multipart::S3 { .. }) => {
+                unreachable!("an S3 upload id with a file output")
+            }
         }
     }
 
-    pub(crate) async fn complete(&self, key: &str, mp: &Multipart, mut parts: Vec<Part>) -> Result<(), UploadError> {
+    pub(crate) async fn complete(
+        &self,
+        key: &str,
+        mp: &Multipart,
+        mut parts: Vec<Part>,
+    ) -> Result<(), UploadError> {
         parts.sort_by_key(|p| p.number);
         match (self, mp) {
             (Uploader::S3 { client, bucket }, Multipart::S3 { upload_id }) => {
@@ -165,7 +198,12 @@ impl Uploader {
                     .set_parts(Some(
                         parts
                             .iter()
-                            .map(|p| CompletedPart::builder().part_number(p.number).set_e_tag(p.etag.clone()).build())
+                            .map(|p| {
+                                CompletedPart::builder()
+                                    .part_number(p.number)
+                                    .set_e_tag(p.etag.clone())
+                                    .build()
+                            })
                             .collect(),
                     ))
                     .build();
@@ -188,7 +226,10 @@ impl Uploader {
                     let mut bodies = Vec::new();
                     for p in &parts {
                         let path = dir.join(format!("{:06}", p.number));
-                        bodies.push(std::fs::read(&path).map_err(|source| UploadError::File { path, source })?);
+                        bodies.push(
+                            std::fs::read(&path)
+                                .map_err(|source| UploadError::File { path, source })?,
+                        );
                     }
                     let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
                     write_atomically(&root, &key, &refs)?;
@@ -229,7 +270,11 @@ fn s3_err<E>(op: &'static str, key: &str, e: aws_sdk_s3::error::SdkError<E>) -> 
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    UploadError::S3 { op, key: key.to_owned(), source: aws_sdk_s3::error::DisplayErrorContext(e).to_string().into() }
+    UploadError::S3 {
+        op,
+        key: key.to_owned(),
+        source: aws_sdk_s3::error::DisplayErrorContext(e).to_string().into(),
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -260,13 +305,20 @@ fn write_atomically(root: &Path, key: &str, bodies: &[&[u8]]) -> Result<(), Uplo
     f.sync_all().map_err(io(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&dir))?;
     Ok(())
 }
 
 /// Runs `op` until it succeeds, backing off as `policy` says (its `max-attempts` is ignored: an
 /// upload is never given up); counts and logs failures.
-pub(crate) async fn retry_forever<T, F, Fut>(policy: &RetryPolicy, what: &str, key: &str, mut op: F) -> T
+pub(crate) async fn retry_forever<T, F, Fut>(
+    policy: &RetryPolicy,
+    what: &str,
+    key: &str,
+    mut op: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, UploadError>>,
@@ -276,7 +328,12 @@ where
         match op().await {
             Ok(v) => {
                 if attempt > 0 {
-                    tracing::info!(what, key, attempts = attempt + 1, "Upload operation succeeded after retries.");
+                    tracing::info!(
+                        what,
+                        key,
+                        attempts = attempt + 1,
+                        "Upload operation succeeded after retries."
+                    );
                 }
                 return v;
             }
@@ -305,12 +362,21 @@ mod tests {
         up.put("a/b/c.avro", b"hello".to_vec()).await.unwrap();
         assert_eq!(std::fs::read(dir.join("a/b/c.avro")).unwrap(), b"hello");
         let mp = up.create_multipart("x/y.avro").await.unwrap();
-        let p2 = up.upload_part("x/y.avro", &mp, 2, bytes::Bytes::from_static(b"world")).await.unwrap();
-        let p1 = up.upload_part("x/y.avro", &mp, 1, bytes::Bytes::from_static(b"hello ")).await.unwrap();
+        let p2 = up
+            .upload_part("x/y.avro", &mp, 2, bytes::Bytes::from_static(b"world"))
+            .await
+            .unwrap();
+        let p1 = up
+            .upload_part("x/y.avro", &mp, 1, bytes::Bytes::from_static(b"hello "))
+            .await
+            .unwrap();
         up.complete("x/y.avro", &mp, vec![p2, p1]).await.unwrap();
         assert_eq!(std::fs::read(dir.join("x/y.avro")).unwrap(), b"hello world");
         // No temporary file is left next to the objects.
-        let names: Vec<_> = std::fs::read_dir(dir.join("x")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.join("x"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("y.avro")]);
         std::fs::remove_dir_all(dir).unwrap();
     }
