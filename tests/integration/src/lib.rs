@@ -203,7 +203,10 @@ pub async fn require_cluster(services: &[Service]) -> bool {
                      cluster with `make cluster-up` (see `make cluster-status`)."
                 );
             }
-            eprintln!(
+            // Straight to stderr, not `eprintln!`: libtest would capture that and hide the skip.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED {test}: {reason}. Start the local cluster with `make cluster-up` \
                  (`make test` does it and fails instead of skipping)."
             );
@@ -990,3 +993,4 @@ mod tests {
     }
 }
 pub mod sink_support;
+pub mod source_support;
