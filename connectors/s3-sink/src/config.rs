@@ -130,6 +130,8 @@ impl Default for CommitConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum CodecName {
+    /// No compression (`none` too: a bare YAML `null` is not a string).
+    #[serde(alias = "none")]
     Null,
     Deflate,
     Snappy,

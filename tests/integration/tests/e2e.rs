@@ -15,7 +15,10 @@ use serde_json::{Map, Value};
 fn expected(table: &str) -> Result<Vec<Map<String, Value>>> {
     let path = root().join(format!("tests/fixtures/seed/expected/{table}.jsonl"));
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
 }
 
 /// A timestamp column as the expected files write it (`YYYY-MM-DD HH:MM:SS`, UTC) or as our
@@ -25,13 +28,21 @@ fn instant(v: &Value) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok().map(|n| n.and_utc())
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|n| n.and_utc())
 }
 
 const RETRIEVED: [&str; 2] = ["retrieved_timestamp", "form_retrieved_timestamp"];
 const HAPPENED: [&str; 2] = ["event_happened_at", "form_event_happened_at"];
 
-fn compare(table: &str, got: &[Value], want: &[Map<String, Value>], started: DateTime<Utc>, ended: DateTime<Utc>) {
+fn compare(
+    table: &str,
+    got: &[Value],
+    want: &[Map<String, Value>],
+    started: DateTime<Utc>,
+    ended: DateTime<Utc>,
+) {
     assert_eq!(got.len(), want.len(), "{table}: row count");
     let mut got: Vec<Map<String, Value>> = got
         .iter()
@@ -44,9 +55,19 @@ fn compare(table: &str, got: &[Value], want: &[Map<String, Value>], started: Dat
                 .collect()
         })
         .collect();
-    got.sort_by_key(|r| r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned());
+    got.sort_by_key(|r| {
+        r.get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    });
     let mut want = want.to_vec();
-    want.sort_by_key(|r| r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned());
+    want.sort_by_key(|r| {
+        r.get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    });
     for (g, w) in got.iter().zip(&want) {
         let gk: Vec<&String> = g.keys().collect();
         let mut gk = gk;
@@ -60,7 +81,8 @@ fn compare(table: &str, got: &[Value], want: &[Map<String, Value>], started: Dat
                 let t = instant(gv).unwrap_or_else(|| panic!("{table}.{k}: {gv}"));
                 // The API's Date header has second precision.
                 assert!(
-                    t >= started - chrono::Duration::seconds(1) && t <= ended + chrono::Duration::seconds(1),
+                    t >= started - chrono::Duration::seconds(1)
+                        && t <= ended + chrono::Duration::seconds(1),
                     "{table}.{k} = {t} is not within the run ({started} .. {ended})"
                 );
             } else if HAPPENED.contains(&k.as_str()) {
@@ -73,9 +95,16 @@ fn compare(table: &str, got: &[Value], want: &[Map<String, Value>], started: Dat
 }
 
 /// The kafka-source config of `config/`, pointed at this test's topics.
-fn source_config(dir: &std::path::Path, events: &str, enriched: &str, dlq: &str, group: &str) -> Result<std::path::PathBuf> {
-    let path = root().join("config/form-kafka-source.yaml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{} (kafka-source's config)", path.display()))?;
+fn source_config(
+    dir: &std::path::Path,
+    events: &str,
+    enriched: &str,
+    dlq: &str,
+    group: &str,
+) -> Result<std::path::PathBuf> {
+    let path = root().join("config/form-events-source.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} (kafka-source's config)", path.display()))?;
     let mut v: serde_yaml::Value = serde_yaml::from_str(&text)?;
     v["meta"]["topic"] = enriched.into();
     v["meta"]["name"] = "e2e-source".into();
@@ -105,7 +134,15 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
         create_topic(t, 3).await?;
     }
     create_topic(&dlq, 1).await?;
-    let sink = SinkSetup::new("e2e", &enriched, &dlq, &s3_endpoint(), "output", "  idle-flush: 1s\n")?;
+    let sink = SinkSetup::new(
+        "e2e",
+        &enriched,
+        &dlq,
+        &s3_endpoint(),
+        "output",
+        // `codec: none`: fastavro reads zstd files only with its optional `zstandard` module.
+        "  idle-flush: 1s\n  codec: none\n",
+    )?;
     let source_cfg = source_config(&sink.dir, &events, &enriched, &dlq, &unique("e2e-source-g"))?;
 
     let seed = std::fs::read_to_string(root().join("tests/fixtures/seed/form.events.kv"))?;
@@ -114,7 +151,11 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
     produce(&events, &[(0, key.to_owned(), value.as_bytes().to_vec())]).await?;
 
     let source_bin = root().join("target/release/kafka-source");
-    anyhow::ensure!(source_bin.exists(), "{} is missing: cargo build --release -p kafka-source", source_bin.display());
+    anyhow::ensure!(
+        source_bin.exists(),
+        "{} is missing: cargo build --release -p kafka-source",
+        source_bin.display()
+    );
     let source_log = std::fs::File::create(sink.dir.join("source.log"))?;
     let mut source = std::process::Command::new(source_bin)
         .current_dir(root())
@@ -142,13 +183,23 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
     .await??;
     let ended = Utc::now();
     let source_log = std::fs::read_to_string(sink.dir.join("source.log")).unwrap_or_default();
-    assert!(src_status.success(), "kafka-source: {src_status}\n{source_log}");
-    assert!(sink_status.success(), "s3-sink: {sink_status}\n{}", sink.log());
+    assert!(
+        src_status.success(),
+        "kafka-source: {src_status}\n{source_log}"
+    );
+    assert!(
+        sink_status.success(),
+        "s3-sink: {sink_status}\n{}",
+        sink.log()
+    );
 
     let s3 = sink.s3().await;
     let dir = sink.dir.join("download");
     let files = download_all(&s3, &sink.bucket, &sink.prefix, &dir).await?;
-    let names: Vec<String> = files.iter().map(|f| f.strip_prefix(&dir).unwrap().display().to_string()).collect();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(&dir).unwrap().display().to_string())
+        .collect();
     let first = format!("{enriched}+0+{:020}.avro", 0);
     assert_eq!(
         names,
@@ -160,13 +211,31 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
     );
     let rows = read_with_fastavro(&files)?;
     let by_table = |t: &str| -> Vec<Value> {
-        rows.iter().filter(|r| r["__file"].as_str().unwrap().contains(&format!("/{t}/"))).cloned().collect()
+        rows.iter()
+            .filter(|r| r["__file"].as_str().unwrap().contains(&format!("/{t}/")))
+            .cloned()
+            .collect()
     };
-    compare("form", &by_table("form"), &expected("form")?, started, ended);
-    compare("form_field", &by_table("form_field"), &expected("form_field")?, started, ended);
+    compare(
+        "form",
+        &by_table("form"),
+        &expected("form")?,
+        started,
+        ended,
+    );
+    compare(
+        "form_field",
+        &by_table("form_field"),
+        &expected("form_field")?,
+        started,
+        ended,
+    );
     // Each file says where its rows come from.
     for r in &rows {
-        assert_eq!(r["__meta"]["form_etl.source.topic"], Value::from(enriched.as_str()));
+        assert_eq!(
+            r["__meta"]["form_etl.source.topic"],
+            Value::from(enriched.as_str())
+        );
         assert_eq!(r["__meta"]["form_etl.source.first_offset"], "0");
     }
     Ok(())
