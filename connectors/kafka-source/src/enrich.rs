@@ -89,10 +89,7 @@ impl Enricher {
             .connect_timeout(cfg.timeout)
             .tcp_nodelay(true)
             .build()?;
-        let base = format!(
-            "{}/internal.forms/",
-            cfg.uri.as_str().trim_end_matches('/')
-        );
+        let base = format!("{}/internal.forms/", cfg.uri.as_str().trim_end_matches('/'));
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -232,7 +229,7 @@ impl Inner {
                             .set_problem(Some(format!("forms API failing: {why}")));
                     }
                     let wait = self.retry.backoff(attempt);
-                    if attempt >= 3 {
+                    if attempt == 3 || (attempt > 3 && attempt % 10 == 0) {
                         warn!(form_id = %id, attempt, error = %why, wait_ms = wait.as_millis() as u64, "Forms API request failed; retrying.");
                     } else {
                         debug!(form_id = %id, attempt, error = %why, "Forms API request failed; retrying.");
@@ -355,7 +352,9 @@ mod tests {
 
     #[test]
     fn answers_are_validated() {
-        assert!(matches!(validate_form("a", b"nope"), Answer::Invalid(d) if d.contains("not JSON")));
+        assert!(
+            matches!(validate_form("a", b"nope"), Answer::Invalid(d) if d.contains("not JSON"))
+        );
         assert!(
             matches!(validate_form("a", br#"{"title":"t"}"#), Answer::Invalid(d) if d.contains("id"))
         );

@@ -41,9 +41,14 @@ async fn run(cfg: SourceConfig, max_records: Option<u64>) -> anyhow::Result<()> 
     let shutdown = connector_common::shutdown_signal();
     let handle = telemetry::install_metrics()?;
     let health = Health::default();
-    telemetry::serve_http(cfg.metrics.address, handle, health.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("binding the metrics endpoint {}", cfg.metrics.address))?;
+    telemetry::serve_http(
+        cfg.metrics.address,
+        handle,
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the metrics endpoint {}", cfg.metrics.address))?;
     let enricher = Enricher::new(&cfg.enrich, health.clone())?;
     let stats = Arc::new(Stats::default());
     let progress = {

@@ -67,16 +67,33 @@ struct Ctx {
     fatal: std::sync::Mutex<Option<String>>,
     input_topic: String,
     stats: Arc<Stats>,
+    /// Offsets committed by our transactions, per partition (for the lag).
+    committed: std::sync::Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for Ctx {
     fn stats(&self, s: Statistics) {
+        // Lag = last stable offset − our committed offset (the transactions commit offsets
+        // through the producer, which librdkafka's own `consumer_lag` does not see; and while
+        // paused it stops computing it).
         if let Some(t) = s.topics.get(&self.input_topic) {
+            let committed = self.committed.lock().expect("committed lock");
             let lag: i64 = t
                 .partitions
                 .iter()
                 .filter(|(p, _)| **p >= 0)
-                .map(|(_, p)| p.consumer_lag.max(0))
+                .filter_map(|(p, st)| {
+                    let end = if st.ls_offset >= 0 {
+                        st.ls_offset
+                    } else {
+                        st.hi_offset
+                    };
+                    let base = committed
+                        .get(p)
+                        .copied()
+                        .or((st.app_offset >= 0).then_some(st.app_offset))?;
+                    (end >= 0).then(|| (end - base).max(0))
+                })
                 .sum();
             self.stats.lag.store(lag, Ordering::Relaxed);
             gauge!("kafka_source_consumer_lag").set(lag as f64);
@@ -88,8 +105,12 @@ impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
         match r {
             Rebalance::Revoke(tpl) => {
-                info!(partitions = tpl.count(), "Partitions revoked: aborting the open transaction, dropping in-flight work.");
+                info!(
+                    partitions = tpl.count(),
+                    "Partitions revoked: aborting the open transaction, dropping in-flight work."
+                );
                 self.abort_open("revoke");
+                self.committed.lock().expect("committed lock").clear();
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 counter!("kafka_source_rebalances_total", "kind" => "revoke").increment(1);
             }
@@ -202,6 +223,7 @@ pub async fn run(
         fatal: std::sync::Mutex::new(None),
         input_topic: input_topic.clone(),
         stats: stats.clone(),
+        committed: std::sync::Mutex::new(HashMap::new()),
     };
     let mut cc = ClientConfig::new();
     cc.set("auto.offset.reset", "earliest")
@@ -247,7 +269,10 @@ pub async fn run(
         if now_epoch != epoch {
             let dropped = inflight.len() + pending.records;
             if dropped > 0 {
-                info!(dropped, "Dropping uncommitted work of the previous assignment.");
+                info!(
+                    dropped,
+                    "Dropping uncommitted work of the previous assignment."
+                );
             }
             inflight = FuturesOrdered::new();
             pending = Pending::default();
@@ -256,7 +281,9 @@ pub async fn run(
             stats.paused.store(false, Ordering::Relaxed);
             gauge!("kafka_source_paused").set(0.0);
         }
-        stats.in_flight.store(inflight.len() as i64, Ordering::Relaxed);
+        stats
+            .in_flight
+            .store(inflight.len() as i64, Ordering::Relaxed);
         gauge!("kafka_source_in_flight").set(inflight.len() as f64);
 
         // Backpressure: pause fetching while the window is full (the API is slow or down);
@@ -266,7 +293,10 @@ pub async fn run(
             paused = true;
             stats.paused.store(true, Ordering::Relaxed);
             gauge!("kafka_source_paused").set(1.0);
-            debug!(in_flight = inflight.len(), "Window full: consumption paused.");
+            debug!(
+                in_flight = inflight.len(),
+                "Window full: consumption paused."
+            );
         } else if paused && inflight.len() <= resume_at {
             set_paused(&consumer, false)?;
             paused = false;
@@ -311,7 +341,9 @@ pub async fn run(
         }
 
         let due = pending.records >= commit_max
-            || pending.since.is_some_and(|s| s.elapsed() >= commit_interval)
+            || pending
+                .since
+                .is_some_and(|s| s.elapsed() >= commit_interval)
             || (pending.records > 0 && (draining || limit_reached) && inflight.is_empty());
         if due && pending.records > 0 {
             let n = pending.records as u64;
@@ -496,8 +528,7 @@ async fn produce(
         ctx.txn_open.store(true, Ordering::SeqCst);
         pending.since = Some(Instant::now());
     }
-    let (topic, key, value, headers): (&str, &[u8], &[u8], Option<OwnedHeaders>) = match &p.output
-    {
+    let (topic, key, value, headers): (&str, &[u8], &[u8], Option<OwnedHeaders>) = match &p.output {
         Output::Enriched { key, value } => (output_topic, key.as_bytes(), value, None),
         Output::Dead { reason, detail } => {
             let info = DlqInfo {
@@ -527,7 +558,10 @@ async fn produce(
         }
         match producer.send_result(rec) {
             Ok(_delivery) => break, // delivery is checked by commit_transaction
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                _,
+            )) => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             Err((e, _)) => bail!("producing to {topic}: {e}"),
@@ -566,6 +600,10 @@ async fn commit(
     match result {
         Ok(()) => {
             ctx.txn_open.store(false, Ordering::SeqCst);
+            ctx.committed
+                .lock()
+                .expect("committed lock")
+                .extend(pending.offsets.iter().map(|(p, o)| (*p, *o)));
             counter!("kafka_source_transactions_total", "result" => "committed").increment(1);
             counter!("kafka_source_events_enriched_total").increment(pending.enriched);
             for (r, n) in &pending.dead {
