@@ -81,7 +81,19 @@ fn rewrite_value(v: &mut Value, key: Option<&str>, parent: Option<&str>, r: &Rew
 /// Sets `a.b.c` (creating maps) to `value` (parsed as YAML).
 fn set_path(v: &mut Value, path: &str, value: &str) -> anyhow::Result<()> {
     let mut cur = v;
-    for key in path.split('.') {
+    // `a.b[c.d]`: a bracketed segment is one key (librdkafka properties have dots).
+    let mut keys: Vec<String> = Vec::new();
+    for part in path.split('[') {
+        match part.split_once(']') {
+            Some((inner, rest)) => {
+                keys.push(inner.to_owned());
+                keys.extend(rest.split('.').filter(|k| !k.is_empty()).map(str::to_owned));
+            }
+            None => keys.extend(part.split('.').filter(|k| !k.is_empty()).map(str::to_owned)),
+        }
+    }
+    for key in &keys {
+        let key = key.as_str();
         let Value::Mapping(m) = cur else {
             bail!("`{path}`: `{key}` is not inside a mapping")
         };
@@ -248,7 +260,16 @@ mod tests {
             bucket: "output".into(),
         };
         let out = dir.join("o.yaml");
-        write_config(&t, &r, &["enrich.concurrency=256".into()], &out).unwrap();
+        write_config(
+            &t,
+            &r,
+            &[
+                "enrich.concurrency=256".into(),
+                "kafka.properties[fetch.wait.max.ms]=20".into(),
+            ],
+            &out,
+        )
+        .unwrap();
         let v: Value = serde_yaml::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         assert_eq!(v["meta"]["name"], "n");
         assert_eq!(v["meta"]["topic"], "en");
@@ -261,6 +282,7 @@ mod tests {
         assert_eq!(v["s3"]["prefix"], "p/x");
         assert_eq!(v["enrich"]["uri"], "http://127.0.0.1:18000");
         assert_eq!(v["enrich"]["concurrency"], 256);
+        assert_eq!(v["kafka"]["properties"]["fetch.wait.max.ms"], 20);
         assert_eq!(
             secret_env(&t),
             vec![("S3_ACCESS_KEY_ID".to_owned(), "admin".to_owned())]

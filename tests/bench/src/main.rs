@@ -117,7 +117,7 @@ struct Args {
     #[arg(long)]
     skip_connectors: bool,
     /// Override of the kafka-source bench config, `KEY.PATH=VALUE` (repeatable), e.g.
-    /// `enrich.concurrency=256`: for profiling experiments.
+    /// `enrich.concurrency=256`, `kafka.properties[fetch.wait.max.ms]=10`: for profiling experiments.
     #[arg(long = "source-set", value_name = "KEY=VALUE")]
     source_set: Vec<String>,
     /// Override of the s3-sink bench config, `KEY.PATH=VALUE` (repeatable), e.g. `s3.codec=snappy`.
@@ -131,6 +131,10 @@ struct Args {
         default_value = "consume,pipe,source,sink,api,cold,e2e"
     )]
     stages: Vec<String>,
+    /// Run each connector under `perf record` (flat CPU profile, `*.perf.txt` beside its log).
+    /// Profiling run: RSS is then perf's, and everything is a little slower.
+    #[arg(long)]
+    perf: bool,
     /// How the bench was invoked, for the report (the Makefile passes it).
     #[arg(long)]
     command: Option<String>,
@@ -297,10 +301,21 @@ impl Ctx {
         probe: Probe,
         log: &str,
         input: &str,
+        metrics_port: u16,
     ) -> anyhow::Result<ConnectorRun> {
         let log = self.args.out_dir.join("logs").join(log);
-        let m = monitor::spawn(c.name, c.command(cfg, n), &log, self.args.stage_timeout)?;
+        let perf_data = log.with_extension("perf.data");
+        let mut cmd = c.command(cfg, n);
+        if self.args.perf {
+            cmd = monitor::under_perf(&cmd, &perf_data);
+        }
+        let m = monitor::spawn(c.name, cmd, &log, self.args.stage_timeout)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let scraper = monitor::spawn_metrics_scraper(
+            format!("http://127.0.0.1:{metrics_port}/metrics"),
+            log.with_extension("metrics.txt"),
+            stop.clone(),
+        );
         let probe = kafka::spawn_probe(
             &self.args.brokers,
             probe,
@@ -312,6 +327,11 @@ impl Ctx {
         let proc = blocking(move || m.join()).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = blocking(move || probe.join().unwrap_or_default()).await;
+        let _ = scraper.await;
+        if self.args.perf {
+            let report = log.with_extension("perf.txt");
+            blocking(move || monitor::perf_report(&perf_data, &report)).await;
+        }
         let last = samples.last().map_or(0, |s| s.1);
         let probe_steady = kafka::steady_rate(&samples, n, 0.1, 0.9);
         let log_text = std::fs::read_to_string(&proc.log).unwrap_or_default();
@@ -481,6 +501,7 @@ async fn repeat_stages(
                         },
                         &format!("r{r}-kafka-source-warm.log"),
                         &t_events,
+                        a.source_metrics_port,
                     )
                     .await?;
                 say(format_args!(
@@ -552,6 +573,7 @@ async fn repeat_stages(
                         },
                         &format!("r{r}-s3-sink.log"),
                         &enriched_input,
+                        a.sink_metrics_port,
                     )
                     .await?;
                 say(format_args!(
@@ -630,6 +652,7 @@ async fn repeat_stages(
                         },
                         &format!("r{r}-kafka-source-cold.log"),
                         &t_cold_events,
+                        a.source_metrics_port,
                     )
                     .await?;
                 say(format_args!(

@@ -254,3 +254,69 @@ mod tests {
         assert!(proc_cpu_seconds(std::process::id() as i32).is_some());
     }
 }
+
+/// Keeps the last answer of `url` (a Prometheus `/metrics`), polled every 500 ms until `stop`;
+/// writes it to `out` at the end.
+pub(crate) fn spawn_metrics_scraper(
+    url: String,
+    out: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut last = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                && let Ok(t) = r.text().await
+            {
+                last = t;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !last.is_empty() {
+            let _ = std::fs::write(&out, last);
+        }
+    })
+}
+
+/// `cmd` wrapped in `perf record` (flat profile, software clock, all threads) writing `data`.
+/// The monitored process is then perf itself (its RSS is perf's; CPU includes the child's).
+pub(crate) fn under_perf(cmd: &Command, data: &Path) -> Command {
+    let mut c = Command::new("perf");
+    c.args(["record", "-q", "-F", "499", "-o"])
+        .arg(data)
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// Writes `perf report` (self time by DSO and symbol) of `data` to `report`.
+pub(crate) fn perf_report(data: &Path, report: &Path) {
+    if let Ok(out) = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--percent-limit",
+            "0.5",
+            "--sort",
+            "dso,symbol",
+            "-i",
+        ])
+        .arg(data)
+        .output()
+    {
+        let _ = std::fs::write(report, out.stdout);
+    }
+}

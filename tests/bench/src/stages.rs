@@ -139,12 +139,27 @@ const WASM_BATCH: usize = 1000;
 
 fn wasm_flatten(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<Stage> {
     use form_transforms::{ChainOptions, Input, TransformChain, TransformStep};
-    let opts = ChainOptions { watch: false, rebuild_every_records: 0, ..ChainOptions::default() };
+    let opts = ChainOptions {
+        watch: false,
+        rebuild_every_records: 0,
+        ..ChainOptions::default()
+    };
     let mut chain = TransformChain::new(&[TransformStep::new("form-flatten")], opts)?;
-    let batch: Vec<Input<'_>> =
-        inputs.iter().enumerate().map(|(i, v)| Input { key: None, value: v, offset: i as i64 }).collect();
+    let batch: Vec<Input<'_>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Input {
+            key: None,
+            value: v,
+            offset: i as i64,
+        })
+        .collect();
     // Same output as native on the first record.
-    let first = chain.process(&batch[..1]).pop().expect("one result").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let first = chain
+        .process(&batch[..1])
+        .pop()
+        .expect("one result")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut native = Vec::new();
     form_model::flatten_to_json(&inputs[0], &mut native)?;
     anyhow::ensure!(
@@ -158,5 +173,9 @@ fn wasm_flatten(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<Stage> {
             n += out.len();
         }
     }
-    Ok(stage("flatten .wasm (form-transforms chain, 1000 per call)", n, start.elapsed().as_secs_f64()))
+    Ok(stage(
+        "flatten .wasm (form-transforms chain, 1000 per call)",
+        n,
+        start.elapsed().as_secs_f64(),
+    ))
 }
