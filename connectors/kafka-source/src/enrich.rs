@@ -229,7 +229,7 @@ impl Inner {
                             .set_problem(Some(format!("forms API failing: {why}")));
                     }
                     let wait = self.retry.backoff(attempt);
-                    if attempt == 3 || (attempt > 3 && attempt % 10 == 0) {
+                    if attempt == 3 || (attempt > 3 && attempt.is_multiple_of(10)) {
                         warn!(form_id = %id, attempt, error = %why, wait_ms = wait.as_millis() as u64, "Forms API request failed; retrying.");
                     } else {
                         debug!(form_id = %id, attempt, error = %why, "Forms API request failed; retrying.");
