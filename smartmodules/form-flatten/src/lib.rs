@@ -28,10 +28,10 @@ fn upper_title(out: &[u8]) -> Vec<u8> {
         ("form_title", &mut rows.form_field),
     ] {
         for row in rows.iter_mut() {
-            if let Some(serde_json_value) = row.get_mut(col) {
-                if let Some(s) = serde_json_value.as_str() {
-                    *serde_json_value = s.to_uppercase().into();
-                }
+            if let Some(value) = row.get_mut(col)
+                && let Some(s) = value.as_str()
+            {
+                *value = s.to_uppercase().into();
             }
         }
     }
