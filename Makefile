@@ -69,10 +69,42 @@ test: deps build-smartmodules build cluster-up
 	FORM_ETL_REQUIRE_CLUSTER=1 $(CARGO) test --release --workspace
 
 run: cluster-up
-	@echo
-	@echo "The local cluster is up: Kafka 127.0.0.1:9092, S3 http://127.0.0.1:9000 (admin/password,"
-	@echo "bucket output), forms API http://127.0.0.1:8000 (admin :8001)."
-	@echo "The connectors (kafka-source, s3-sink) come next: make run will start them here."
+	$(CARGO) build --release -p kafka-source -p s3-sink
+	@set -u; \
+	export S3_ACCESS_KEY_ID=admin S3_SECRET_ACCESS_KEY=password; \
+	produce() { java -cp '.cache/kafka/libs/*' org.apache.kafka.tools.ConsoleProducer --bootstrap-server 127.0.0.1:9092 \
+	  --topic form.events --property parse.key=true --property key.separator='|' >/dev/null; }; \
+	files() { find .cluster/s3/output/form-etl/$$1 -name '*.avro' 2>/dev/null | sort; }; \
+	count_rows() { f=$$(files $$1); [ -z "$$f" ] && echo 0 || java -jar .cache/avro/avro-tools-1.12.1.jar count $$f 2>/dev/null | tail -1; }; \
+	read_rows() { if .cache/venv/bin/python -c 'import fastavro, zstandard' 2>/dev/null; then \
+	  files $$1 | tr '\n' '\0' | xargs -0 -r .cache/venv/bin/python -c \
+	  'import sys,fastavro,json; [print(json.dumps(r,default=str,ensure_ascii=False)) for p in sys.argv[1:] for r in fastavro.reader(open(p,"rb"))]'; \
+	  else t=.cluster/run-$$1.avro; rm -f $$t; java -jar .cache/avro/avro-tools-1.12.1.jar cat $$(files $$1) $$t 2>/dev/null && \
+	  java -jar .cache/avro/avro-tools-1.12.1.jar tojson $$t 2>/dev/null; fi; }; \
+	setsid target/release/s3-sink --config config/form-s3-sink.yaml >.cluster/s3-sink.log 2>&1 & sink=$$!; \
+	setsid target/release/kafka-source --config config/form-events-source.yaml >.cluster/kafka-source.log 2>&1 & src=$$!; \
+	trap 'echo; echo "Stopping the connectors: they drain and commit..."; kill -TERM $$src $$sink 2>/dev/null; wait $$src $$sink 2>/dev/null; echo Stopped.; exit 0' INT TERM; \
+	set +e +o pipefail; \
+	echo "kafka-source (pid $$src, log .cluster/kafka-source.log) and s3-sink (pid $$sink, log .cluster/s3-sink.log) started."; \
+	before=$$(count_rows form); \
+	tag=$$(date +%s); batch=200; \
+	{ tr -d '\n' < tests/fixtures/seed/form.events.kv | sed 's/:/|/'; echo; \
+	  for i in $$(seq 0 $$((batch - 1))); do id=$$(printf 'form-%06d' $$((i % 1000))); \
+	    printf '%s|{"form_id":"%s","form_title":"demo","event_happened_at":"2024-01-1%d 12:%02d:00","event_type":"updated","run":"%s"}\n' \
+	      $$id $$id $$((i % 3)) $$((i % 60)) $$tag; done; } | produce; \
+	echo "Produced the seed event and $$batch generated events to form.events; waiting for their rows in S3..."; \
+	want=$$((before + batch + 1)); deadline=$$((SECONDS + 120)); \
+	while [ "$$(count_rows form)" -lt $$want ]; do \
+	  if [ $$SECONDS -gt $$deadline ]; then echo "Timed out: see .cluster/s3-sink.log and .cluster/kafka-source.log"; break; fi; \
+	  kill -0 $$sink 2>/dev/null || { echo "s3-sink exited: see .cluster/s3-sink.log"; tail -5 .cluster/s3-sink.log; break; }; sleep 1; done; \
+	echo; echo "== table form (seed row, then a sample) =="; rows=$$(read_rows form); echo "$$rows" | grep '"abcde"' | tail -1; echo "$$rows" | grep -v '"abcde"' | tail -3; \
+	echo; echo "== table form_field (sample) =="; rows=$$(read_rows form_field); echo "$$rows" | grep '"abcde"' | sed -n 1,2p; echo "$$rows" | grep -v '"abcde"' | tail -2; \
+	echo; echo "form: $$(count_rows form) rows, form_field: $$(count_rows form_field) rows (all runs so far), in:"; \
+	find .cluster/s3/output/form-etl -name '*.avro' | sed 's|^.cluster/s3/output/|  s3://output/|' | sort | sed -n 1,12p; \
+	echo "  (s3://output/form-etl/... = files under .cluster/s3/output/form-etl/; S3 at http://127.0.0.1:9000, admin/password)"; \
+	echo; echo "The pipeline keeps running: produce more to form.events and watch new files appear."; \
+	echo "Metrics: http://127.0.0.1:9464/metrics (source), http://127.0.0.1:9465/metrics (sink). Press Ctrl-C to stop."; \
+	wait $$sink $$src
 
 # Throughput, peak RSS and CPU of the connectors beside the machine's ceilings (tests/bench);
 # writes target/bench/results.json and BENCHMARKS.md. Quick run:
