@@ -377,26 +377,6 @@ pub(crate) fn time_to(samples: &[(f64, u64)], count: u64) -> Option<f64> {
     samples.iter().find(|(_, c)| *c >= count).map(|(t, _)| *t)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn steady_rate_between_fractions() {
-        let s = [
-            (0.0, 0),
-            (1.0, 0),
-            (2.0, 100),
-            (3.0, 500),
-            (4.0, 900),
-            (5.0, 1000),
-        ];
-        assert_eq!(steady_rate(&s, 1000, 0.1, 0.9), Some(400.0));
-        assert_eq!(time_to(&s, 500), Some(3.0));
-        assert_eq!(steady_rate(&s[..2], 1000, 0.1, 0.9), None);
-    }
-}
-
 /// `(seconds since the first line, count)` from a connector's progress lines: the number
 /// after `marker` (e.g. `committed=` for kafka-source, `records in: ` for s3-sink) on lines that
 /// start with an RFC 3339 timestamp (ANSI colours ignored).
@@ -453,5 +433,25 @@ mod log_tests {
                    2026-11-25T19:11:07.000000Z INFO progress: records in: 98760 (7001/s)\n";
         assert_eq!(progress_from_log(log, "committed="), vec![(1.5, 5)]);
         assert_eq!(progress_from_log(log, "records in: "), vec![(2.0, 98760)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_rate_between_fractions() {
+        let s = [
+            (0.0, 0),
+            (1.0, 0),
+            (2.0, 100),
+            (3.0, 500),
+            (4.0, 900),
+            (5.0, 1000),
+        ];
+        assert_eq!(steady_rate(&s, 1000, 0.1, 0.9), Some(400.0));
+        assert_eq!(time_to(&s, 500), Some(3.0));
+        assert_eq!(steady_rate(&s[..2], 1000, 0.1, 0.9), None);
     }
 }

@@ -293,6 +293,7 @@ impl Ctx {
     }
 
     /// Runs connector `c` with `--max-records n` and the probe until it exits.
+    #[allow(clippy::too_many_arguments)] // one call per stage, each naming every part
     async fn run_connector(
         &self,
         c: &Connector,
@@ -673,10 +674,12 @@ async fn repeat_stages(
     }
 
     // 8. End to end: both connectors up, then the events produced as fast as possible.
-    if ctx.stage("e2e") && ctx.skip(&ctx.source).is_none() && ctx.skip(&ctx.sink).is_none() {
-        if let Err(e) = end_to_end(ctx, r, rep, n).await {
-            note(rep, format!("end to end: {e:#}"));
-        }
+    if ctx.stage("e2e")
+        && ctx.skip(&ctx.source).is_none()
+        && ctx.skip(&ctx.sink).is_none()
+        && let Err(e) = end_to_end(ctx, r, rep, n).await
+    {
+        note(rep, format!("end to end: {e:#}"));
     }
     Ok(())
 }
@@ -816,13 +819,15 @@ fn ok_rate(run: &Option<ConnectorRun>) -> Option<f64> {
     run.as_ref().filter(|r| r.ok).map(|r| r.events_per_s)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A target's text and its test.
+type Target = Option<(String, Box<dyn Fn(f64) -> bool>)>;
+
 fn line(
     measure: &str,
     unit: &str,
     runs: Vec<Option<f64>>,
     versus: Option<(&str, Option<f64>)>,
-    target: Option<(String, Box<dyn Fn(f64) -> bool>)>,
+    target: Target,
     target_on_ratio: bool,
 ) -> Line {
     let m = median(runs.iter().copied());

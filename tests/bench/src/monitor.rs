@@ -209,52 +209,6 @@ pub(crate) async fn wait_http_ok(url: &str, deadline: Duration) -> bool {
     false
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn measures_a_child() {
-        let dir = std::env::temp_dir().join(format!("form-etl-bench-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3",
-        ]);
-        let m = spawn("sh", cmd, &dir.join("sh.log"), Duration::from_secs(60)).unwrap();
-        let r = m.join();
-        assert_eq!(r.exit_code, Some(3));
-        assert!(!r.stopped_by_bench);
-        assert!(r.maxrss_mib > 0.0);
-        assert!(r.cpu_seconds > 0.0);
-    }
-
-    #[test]
-    fn stops_at_the_deadline() {
-        let dir = std::env::temp_dir().join(format!("form-etl-bench-test2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new("sleep");
-        cmd.arg("30");
-        let m = spawn(
-            "sleep",
-            cmd,
-            &dir.join("sleep.log"),
-            Duration::from_millis(200),
-        )
-        .unwrap();
-        let r = m.join();
-        assert!(r.stopped_by_bench);
-        assert_eq!(r.exit_code, None);
-        assert!(r.wall_seconds < 10.0);
-    }
-
-    #[test]
-    fn reads_own_cpu() {
-        assert!(proc_cpu_seconds(std::process::id() as i32).is_some());
-    }
-}
-
 /// Keeps the last answer of `url` (a Prometheus `/metrics`), polled every 500 ms until `stop`;
 /// writes it to `out` at the end.
 pub(crate) fn spawn_metrics_scraper(
@@ -318,5 +272,51 @@ pub(crate) fn perf_report(data: &Path, report: &Path) {
         .output()
     {
         let _ = std::fs::write(report, out.stdout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_a_child() {
+        let dir = std::env::temp_dir().join(format!("form-etl-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3",
+        ]);
+        let m = spawn("sh", cmd, &dir.join("sh.log"), Duration::from_secs(60)).unwrap();
+        let r = m.join();
+        assert_eq!(r.exit_code, Some(3));
+        assert!(!r.stopped_by_bench);
+        assert!(r.maxrss_mib > 0.0);
+        assert!(r.cpu_seconds > 0.0);
+    }
+
+    #[test]
+    fn stops_at_the_deadline() {
+        let dir = std::env::temp_dir().join(format!("form-etl-bench-test2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let m = spawn(
+            "sleep",
+            cmd,
+            &dir.join("sleep.log"),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        let r = m.join();
+        assert!(r.stopped_by_bench);
+        assert_eq!(r.exit_code, None);
+        assert!(r.wall_seconds < 10.0);
+    }
+
+    #[test]
+    fn reads_own_cpu() {
+        assert!(proc_cpu_seconds(std::process::id() as i32).is_some());
     }
 }
