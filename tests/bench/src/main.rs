@@ -334,6 +334,16 @@ impl Ctx {
             blocking(move || monitor::perf_report(&perf_data, &report)).await;
         }
         let last = samples.last().map_or(0, |s| s.1);
+        say(format_args!(
+            "{} CPU seconds by thread: {}",
+            c.name,
+            proc.threads_cpu_seconds
+                .iter()
+                .take(6)
+                .map(|(n, c)| format!("{n} {c:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         let probe_steady = kafka::steady_rate(&samples, n, 0.1, 0.9);
         let log_text = std::fs::read_to_string(&proc.log).unwrap_or_default();
         let log_steady = kafka::steady_rate(

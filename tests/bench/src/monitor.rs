@@ -13,6 +13,8 @@ use serde::Serialize;
 
 /// How often `/proc` is sampled (and the exit noticed).
 const POLL_EVERY: Duration = Duration::from_millis(20);
+/// How often the per-thread CPU is read.
+const TASK_SCAN_EVERY: Duration = Duration::from_millis(500);
 /// After SIGTERM on a timeout, SIGKILL follows this much later.
 const KILL_GRACE: Duration = Duration::from_secs(15);
 
@@ -40,6 +42,9 @@ pub(crate) struct ProcReport {
     pub(crate) system_seconds: f64,
     /// CPU seconds (utime+stime) last read from `/proc/PID/stat` before the exit.
     pub(crate) cpu_polled_seconds: f64,
+    /// CPU seconds per thread name (threads of one name summed), largest first, as last read
+    /// from `/proc/PID/task/*/stat` (every 500 ms): which thread is the busy one.
+    pub(crate) threads_cpu_seconds: Vec<(String, f64)>,
     /// CPU seconds per wall second (1.0 = one core busy).
     pub(crate) cores_used: f64,
     /// The log file (stdout and stderr).
@@ -101,6 +106,43 @@ fn proc_cpu_seconds(pid: i32) -> Option<f64> {
     Some(ticks as f64 / clk_tck())
 }
 
+/// Reads `/proc/PID/task/*/stat`: thread id → (name, CPU seconds).
+fn scan_threads(pid: i32, out: &mut std::collections::HashMap<i32, (String, f64)>) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (s.find('('), s.rfind(')')) else {
+            continue;
+        };
+        let name = s[open + 1..close].to_owned();
+        let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(tid, (name, ticks as f64 / clk_tck()));
+    }
+}
+
+/// Sums threads by name (digits stripped: `rdk:broker1` and `rdk:broker2` together), largest first.
+fn by_name(threads: &std::collections::HashMap<i32, (String, f64)>) -> Vec<(String, f64)> {
+    let mut sums: std::collections::BTreeMap<String, f64> = Default::default();
+    for (name, cpu) in threads.values() {
+        let key: String = name
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+            .to_owned();
+        *sums.entry(key).or_default() += cpu;
+    }
+    let mut v: Vec<(String, f64)> = sums.into_iter().filter(|(_, c)| *c > 0.0).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
 fn signal(pid: i32, sig: i32) {
     if pid > 0 {
         // SAFETY: kill(2) on our own child's pid.
@@ -133,6 +175,8 @@ pub(crate) fn spawn(
     let handle = std::thread::spawn(move || {
         let mut hwm_kib = 0u64;
         let mut cpu_polled = 0.0f64;
+        let mut threads: std::collections::HashMap<i32, (String, f64)> = Default::default();
+        let mut last_task_scan: Option<Instant> = None;
         let mut term_sent: Option<Instant> = None;
         let mut stopped = false;
         loop {
@@ -141,6 +185,10 @@ pub(crate) fn spawn(
             }
             if let Some(c) = proc_cpu_seconds(pid) {
                 cpu_polled = cpu_polled.max(c);
+            }
+            if last_task_scan.is_none_or(|t| t.elapsed() >= TASK_SCAN_EVERY) {
+                last_task_scan = Some(Instant::now());
+                scan_threads(pid, &mut threads);
             }
             let mut status = 0i32;
             // SAFETY: zeroed rusage is a valid out-parameter.
@@ -168,6 +216,7 @@ pub(crate) fn spawn(
                     user_seconds: user,
                     system_seconds: sys,
                     cpu_polled_seconds: cpu_polled,
+                    threads_cpu_seconds: by_name(&threads),
                     cores_used: (user + sys) / wall.max(1e-9),
                     log: log_s,
                 };
