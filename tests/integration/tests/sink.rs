@@ -402,3 +402,56 @@ async fn schema_mismatch_goes_to_the_dlq_with_the_original_record() -> Result<()
     check_exact(&out, 29, fields - bad_fields);
     Ok(())
 }
+
+/// Not a test: throughput and peak RSS of the sink on `FORM_ETL_MEASURE_EVENTS` enriched records
+/// (default 200,000; about 5 fields each), `--max-records` under `/usr/bin/time -v`.
+/// `cargo test --release -p form-etl-tests --test sink -- --ignored measure --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn measure() -> Result<()> {
+    if !cluster_available("measure") {
+        return Ok(());
+    }
+    let n: usize = std::env::var("FORM_ETL_MEASURE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let codec = std::env::var("FORM_ETL_MEASURE_CODEC").unwrap_or_else(|_| "zstd".into());
+    let (topic, dlq) = topics("measure").await?;
+    let (recs, fields) = records(n, "m");
+    produce(&topic, &recs).await?;
+    let setup = SinkSetup::new(
+        "measure",
+        &topic,
+        &dlq,
+        &s3_endpoint(),
+        "output",
+        &format!("  codec: {codec}\n"),
+    )?;
+    let started = std::time::Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(root().join("target/release/s3-sink"))
+        .args(["--max-records", &n.to_string(), "--config"])
+        .arg(&setup.config)
+        .env("S3_ACCESS_KEY_ID", "admin")
+        .env("S3_SECRET_ACCESS_KEY", "password")
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let secs = started.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let rss = err
+        .lines()
+        .find(|l| l.contains("Maximum resident set size"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    eprintln!(
+        "MEASURE codec={codec} events={n} rows={} wall={secs:.1}s events/s={:.0} rows/s={:.0} {rss}",
+        n + fields,
+        n as f64 / secs,
+        (n + fields) as f64 / secs
+    );
+    Ok(())
+}
