@@ -53,15 +53,15 @@ install_avro() {
 }
 
 install_venv() {
-  if [[ -x "$PYTHON" ]] && "$PYTHON" -c 'import fastavro' 2>/dev/null; then
+  if [[ -x "$PYTHON" ]] && "$PYTHON" -c 'import fastavro, zstandard, cramjam' 2>/dev/null; then
     return 0
   fi
   command -v python3 >/dev/null || die "python3 is not installed: apt-get install python3 python3-venv"
   mkdir -p "$CACHE"
   INSTALL_LOG="$CACHE/venv-install.log"
   rm -rf "$VENV"
-  timed "Python venv with fastavro $FASTAVRO_VERSION" \
-    bash -c "python3 -m venv '$VENV' && '$VENV/bin/pip' install -q 'fastavro==$FASTAVRO_VERSION'"
+  timed "Python venv with fastavro $FASTAVRO_VERSION (+ zstandard, cramjam for zstd/snappy files)" \
+    bash -c "python3 -m venv '$VENV' && '$VENV/bin/pip' install -q 'fastavro==$FASTAVRO_VERSION' 'zstandard==0.25.0' 'cramjam==2.14.0'"
 }
 
 install_s3s() {
