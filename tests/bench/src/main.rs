@@ -221,6 +221,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking task panicked")
 }
 
+/// Short names of the stages and topics (they end up in S3 keys).
+fn short(what: &str) -> &str {
+    match what {
+        "events" => "ev",
+        "enriched" => "enr",
+        "cold-events" => "cev",
+        "cold-enriched" => "cenr",
+        "e2e-events" => "eev",
+        "e2e-enriched" => "eenr",
+        "e2e-sink" => "e2e",
+        other => other,
+    }
+}
+
 fn form_index(key: &[u8]) -> Option<usize> {
     std::str::from_utf8(key)
         .ok()?
@@ -231,6 +245,7 @@ fn form_index(key: &[u8]) -> Option<usize> {
 
 impl Ctx {
     fn topic(&self, r: usize, what: &str) -> String {
+        let what = short(what);
         format!("bench-{}-r{r}-{what}", self.run_id)
     }
 
@@ -252,7 +267,7 @@ impl Ctx {
             brokers: self.args.brokers.clone(),
             api_base: api.to_owned(),
             metrics_addr: format!("127.0.0.1:{metrics_port}"),
-            prefix: format!("bench/{}/r{r}/{stage}", self.run_id),
+            prefix: format!("bench/{}r{r}/{}", self.run_id, short(stage)),
             s3_endpoint: self.args.s3_endpoint.clone(),
             bucket: self.args.bucket.clone(),
         }
@@ -873,7 +888,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started_at = chrono::Utc::now();
     let machine = Machine::detect();
-    let run_id = format!("{}", started_at.format("%Y%m%d%H%M%S"));
+    // Short: s3s-fs (the local S3 server) fails multipart uploads of keys over ~125 characters
+    // ("File name too long"), and topic names end up in the sink's keys.
+    let run_id = format!("{}", started_at.format("%d%H%M%S"));
     for d in ["configs", "logs"] {
         std::fs::create_dir_all(args.out_dir.join(d))
             .with_context(|| format!("creating {}", args.out_dir.display()))?;
