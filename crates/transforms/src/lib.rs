@@ -6,8 +6,9 @@ mod error;
 mod resolve;
 
 pub use chain::{
-    ChainOptions, DEFAULT_POLL_INTERVAL, DEFAULT_REBUILD_EVERY_RECORDS, Input, ModuleDigest,
-    Output, TransformChain, TransformError,
+    ChainOptions, DEFAULT_POLL_INTERVAL, DEFAULT_REBUILD_EVERY_RECORDS, Input,
+    MAX_CALL_INPUT_BYTES, ModuleDigest, Output, REBUILD_AFTER_CALL_BYTES, STORE_MEMORY_LIMIT,
+    TransformChain, TransformError,
 };
 pub use config::TransformStep;
 pub use error::TransformsError;

@@ -3,9 +3,14 @@
 //! `form_model::flatten_to_json` writes it. A record that cannot be flattened is a
 //! record-level error whose message is `<dlq reason>: <detail naming the field>`.
 
-use fluvio_smartmodule::{RecordData, Result, SmartModuleRecord, eyre, smartmodule};
+use fluvio_smartmodule::{RecordData, Result, SmartModuleRecord, eyre};
 
-#[smartmodule(map)]
+// The WASM entry point: hand-written glue, not `#[smartmodule(map)]`, whose glue leaks
+// every call's output buffer (see abi.rs).
+#[cfg(target_arch = "wasm32")]
+mod abi;
+
+/// Flattens one record (called by the WASM entry point for each record of a batch).
 pub fn map(record: &SmartModuleRecord) -> Result<(Option<RecordData>, RecordData)> {
     if cfg!(feature = "always-fail") {
         return Err(eyre!("always-fail test build: refuses every record"));
