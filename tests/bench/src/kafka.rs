@@ -322,7 +322,9 @@ pub(crate) fn spawn_probe(
         else {
             return samples;
         };
-        while !stop.load(Ordering::Relaxed) {
+        // One last sample after `stop` (set once the process exited): its final commit counts.
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
             let count = match &probe {
                 Probe::HighWatermarks { topic } => (0..partitions)
                     .map(|p| {
@@ -351,6 +353,9 @@ pub(crate) fn spawn_probe(
             };
             if let Some(count) = count {
                 samples.push((start.elapsed().as_secs_f64(), count));
+            }
+            if stopping {
+                break;
             }
             std::thread::sleep(every);
         }

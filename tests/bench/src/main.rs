@@ -156,8 +156,13 @@ struct ConnectorRun {
     first_output_s: Option<f64>,
     /// The process.
     proc: ProcReport,
-    /// Exited 0 by itself with all records out.
+    /// Exited 0 by itself (its rate counts).
     ok: bool,
+    /// After the exit, the probe saw at least `events` records out (kafka-source: in the output
+    /// topic; s3-sink: covered by the group's committed offsets, markers included).
+    all_out: bool,
+    /// The probe's last count.
+    probe_last: u64,
     /// Input topic.
     input: String,
 }
@@ -373,7 +378,9 @@ impl Ctx {
             steady_events_per_s: log_steady.or(probe_steady),
             probe_steady_events_per_s: probe_steady,
             first_output_s: kafka::time_to(&samples, 1),
-            ok: proc.ok() && last >= n,
+            ok: proc.ok(),
+            all_out: last >= n,
+            probe_last: last,
             proc,
             input: input.to_owned(),
         })
@@ -538,7 +545,7 @@ async fn repeat_stages(
                     run.proc.peak_rss_mib,
                     run.proc.cpu_seconds
                 ));
-                if run.ok {
+                if run.ok && run.all_out {
                     enriched_input = Some(t_enriched.clone());
                 } else {
                     note(
@@ -612,6 +619,15 @@ async fn repeat_stages(
                 ));
                 if !run.ok {
                     note(rep, format!("s3-sink run failed (see {})", run.proc.log));
+                } else if !run.all_out {
+                    note(
+                        rep,
+                        format!(
+                            "s3-sink exited 0 after reading {n} records, but its group's committed offsets \
+                             sum to {} (below {n}: the last segments' offsets were not committed; see {})",
+                            run.probe_last, run.proc.log
+                        ),
+                    );
                 }
                 rep.s3_sink = Some(run);
             }
