@@ -40,9 +40,13 @@ pub(crate) struct SinkConfig {
     pub(crate) commit: CommitConfig,
     /// Output: S3 (or `file://`), file format and rolling.
     pub(crate) s3: S3Config,
-    /// The SmartModule chain (`uses`, `with`), run in-process.
+    /// The SmartModule chain (`uses`: a name looked up as `<name>.wasm` in
+    /// `$FORM_ETL_SMARTMODULE_DIR` then `target/wasm32-unknown-unknown/release/`, or a path
+    /// ending in `.wasm`; `with`: init parameters), run in-process by form-transforms. The
+    /// last step's output must be form-flatten's `{form, form_field}` JSON. The files are
+    /// watched: a changed module is swapped in between batches.
     #[serde(default)]
-    pub(crate) transforms: Vec<TransformStep>,
+    pub(crate) transforms: Vec<form_transforms::TransformStep>,
 }
 
 impl ConnectorConfig for SinkConfig {
@@ -82,18 +86,6 @@ impl SinkConfig {
             .clone()
             .unwrap_or_else(|| format!("{}-{}", self.meta.name, self.group()))
     }
-}
-
-/// One `transforms:` entry (Fluvio's `uses` / `with`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct TransformStep {
-    /// SmartModule name (resolved to a `.wasm` file).
-    pub(crate) uses: String,
-    /// Parameters passed to the module's `init`.
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub(crate) with: std::collections::BTreeMap<String, String>,
 }
 
 /// How offsets are committed (with the dead letters, in one Kafka transaction).
@@ -389,7 +381,7 @@ s3:
         );
         assert_eq!(
             err("  codec: lz4\n"),
-            "s.yaml: `s3.codec`: unknown variant `lz4`, expected one of `null`, `deflate`, `snappy`, `zstd`"
+            "s.yaml: `s3.codec`: unknown variant `lz4`, expected one of `none`, `null`, `deflate`, `snappy`, `zstd`"
         );
         assert_eq!(
             err("  max-bytes: 0B\n"),
@@ -406,6 +398,31 @@ s3:
         assert_eq!(
             err("  endpoint: ftp://x\n"),
             "s.yaml: `s3.endpoint`: must be an `http://`, `https://` or `file://` URL"
+        );
+    }
+
+    #[test]
+    fn transforms_are_form_transforms_steps() {
+        let text = BASE.replace(
+            "transforms: [{uses: form-flatten}]",
+            "transforms: [{uses: form-flatten}, {uses: ./x/my_module.wasm, with: {a: b, n: 3}}]",
+        );
+        let c = load_str::<SinkConfig>(&text, Path::new("s.yaml"), &SecretStore::from_pairs([]))
+            .unwrap();
+        assert_eq!(c.transforms.len(), 2);
+        assert_eq!(
+            c.transforms[0],
+            form_transforms::TransformStep::new("form-flatten")
+        );
+        assert_eq!(c.transforms[1].uses, "./x/my_module.wasm");
+        assert_eq!(c.transforms[1].with["n"], serde_json::json!(3));
+        let empty = BASE.replace("transforms: [{uses: form-flatten}]", "transforms: []");
+        let e = load_str::<SinkConfig>(&empty, Path::new("s.yaml"), &SecretStore::from_pairs([]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "s.yaml: `transforms`: must list at least one SmartModule, e.g. `- uses: form-flatten`"
         );
     }
 

@@ -33,8 +33,40 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // `--check-config` also loads the SmartModules (resolve, compile, canary record), so the
+    // config's own check runs without it and this function says OK only once they load.
+    let check = std::mem::take(&mut args.common.check_config);
     let cfg: SinkConfig = args.common.load_config_or_exit(DEFAULT_CONFIG);
+    if check {
+        let path = args
+            .common
+            .config_path(DEFAULT_CONFIG)
+            .display()
+            .to_string();
+        match transform::load_chain(&cfg.transforms, false) {
+            Ok(chain) => {
+                let m = &cfg.meta;
+                println!(
+                    "{path}: OK ({} {} `{}` → topic `{}`)",
+                    m.connector_type, m.version, m.name, m.topic
+                );
+                for d in chain.module_digests() {
+                    println!(
+                        "  transforms: {} = {} (sha256 {})",
+                        d.uses,
+                        d.path.display(),
+                        d.sha256
+                    );
+                }
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("invalid config: {path}: {e:#}");
+                std::process::exit(2);
+            }
+        }
+    }
     telemetry::init_logging(args.common.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -64,14 +96,9 @@ async fn run(cfg: SinkConfig, args: CommonArgs) -> anyhow::Result<()> {
         last = total;
         format!("records in: {total} ({rate:.0}/s)")
     });
-    for step in &cfg.transforms {
-        anyhow::ensure!(
-            step.uses == "form-flatten",
-            "`transforms`: `{}` is not available (this build runs `form-flatten`)",
-            step.uses
-        );
-    }
-    let transform: Box<dyn transform::Transform> = Box::new(transform::NativeFlatten);
+    // Before Kafka or S3: a missing or broken module is a start-up error saying what to do.
+    let transform: Box<dyn transform::Transform> =
+        Box::new(transform::load_chain(&cfg.transforms, true)?);
     let opts = sink::RunOptions {
         max_records: args.max_records,
     };

@@ -24,6 +24,7 @@ use crate::keys::object_key;
 use crate::rolling::{FileSize, RollReason, RollingPolicy};
 use crate::tables::{Table, TableCodec};
 use crate::transform::Transform;
+use form_transforms::{Input, Output};
 
 /// One consumed record.
 #[derive(Debug, Clone)]
@@ -224,6 +225,8 @@ pub(crate) struct Pipeline {
     events: mpsc::Sender<Event>,
     inflight: Arc<InFlightBudget>,
     next_file_id: u64,
+    /// The chain's generation when the open segments got their rows.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -251,10 +254,11 @@ impl Pipeline {
     ) -> Self {
         Self {
             settings,
-            transform,
             tables,
             partitions: HashMap::new(),
             events,
+            generation: transform.generation(),
+            transform,
             inflight,
             next_file_id: 0,
         }
@@ -317,6 +321,14 @@ impl Pipeline {
             }
             Cmd::Batch(records) => return self.batch(records),
             Cmd::Tick => {
+                self.transform.apply_pending();
+                let generation = self.transform.generation();
+                if generation != self.generation {
+                    self.roll_all_for_swap(generation)?;
+                }
+                metrics::counter!("s3_sink_transform_rejected_total")
+                    .absolute(self.transform.rejections());
+                metrics::gauge!("s3_sink_transform_generation").set(self.generation as f64);
                 let idle: Vec<i32> = self
                     .partitions
                     .iter()
@@ -382,9 +394,13 @@ impl Pipeline {
         }
         metrics::counter!("component_received_events_total").increment(records.len() as u64);
         let outputs = {
-            let inputs: Vec<(Option<&[u8]>, &[u8])> = records
+            let inputs: Vec<Input<'_>> = records
                 .iter()
-                .map(|r| (r.key.as_deref(), r.value.as_deref().unwrap_or_default()))
+                .map(|r| Input {
+                    key: r.key.as_deref(),
+                    value: r.value.as_deref().unwrap_or_default(),
+                    offset: r.offset,
+                })
                 .collect();
             self.transform.process(&inputs)
         };
@@ -394,14 +410,19 @@ impl Pipeline {
             outputs.len(),
             records.len()
         );
+        // A module swapped in at the start of this call transformed the whole batch.
+        let generation = self.transform.generation();
+        if generation != self.generation {
+            self.roll_all_for_swap(generation)?;
+        }
         let digests = self.transform.digests();
         let mut touched = BTreeSet::new();
         let mut rows_by_table = [0u64; 2];
         for (rec, out) in records.into_iter().zip(outputs) {
             touched.insert(rec.partition);
             let rows = match out {
-                Err(detail) => Err((DlqReason::TransformError, detail)),
-                Ok(values) => self.rows_of(&values),
+                Err(e) => Err((DlqReason::TransformError, e.message)),
+                Ok(outs) => self.rows_of(&outs),
             };
             match rows {
                 Ok(rows) => {
@@ -448,10 +469,10 @@ impl Pipeline {
     }
 
     /// The rows of one record, converted and checked: all of them or a dead letter.
-    fn rows_of(&self, values: &[Vec<u8>]) -> Result<Vec<ReadyRow>, (DlqReason, String)> {
+    fn rows_of(&self, outputs: &[Output]) -> Result<Vec<ReadyRow>, (DlqReason, String)> {
         let mut out = Vec::new();
-        for v in values {
-            let flat = form_model::Flattened::from_slice(v).map_err(|e| {
+        for o in outputs {
+            let flat = form_model::Flattened::from_slice(&o.value).map_err(|e| {
                 (
                     DlqReason::TransformError,
                     format!("the transform's output is not {{form, form_field}} JSON: {e}"),
@@ -572,6 +593,35 @@ impl Pipeline {
             self.roll(p, seal.end, RollReason::Sealed)?;
             self.partitions.get_mut(&p).expect("assigned").seal = None;
         }
+        Ok(())
+    }
+
+    /// A changed module was swapped in: every open segment closes at its partition's next
+    /// offset, so each file holds the rows of one module version. A segment replayed under a
+    /// seal is left to end at the sealed offset (ending it earlier would change the keys the
+    /// first run wrote): its files list both versions' digests. See `transform.rs`.
+    fn roll_all_for_swap(&mut self, generation: u64) -> anyhow::Result<()> {
+        let open: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, ps)| ps.segment.is_some() && ps.seal.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        info!(
+            generation,
+            partitions = open.len(),
+            digests = ?self.transform.digests(),
+            "Transform modules swapped: closing the open files."
+        );
+        for p in open {
+            self.roll_at_next(p, RollReason::TransformSwap)?;
+            if !self.progress(p) {
+                break;
+            }
+        }
+        self.generation = generation;
+        metrics::gauge!("s3_sink_transform_generation").set(generation as f64);
+        metrics::counter!("s3_sink_transform_swaps_total").increment(1);
         Ok(())
     }
 
@@ -771,10 +821,14 @@ mod tests {
     }
 
     fn harness(max_records: u64) -> Harness {
+        harness_with(max_records, Identity::default())
+    }
+
+    fn harness_with(max_records: u64, transform: Identity) -> Harness {
         let (tx, rx) = mpsc::channel(100_000);
         let pipe = Pipeline::new(
             settings(max_records),
-            Box::new(Identity),
+            Box::new(transform),
             TableCodec::load_default().unwrap(),
             tx,
             InFlightBudget::new(1 << 30),
@@ -888,5 +942,106 @@ mod tests {
         assert!(dlq[0].detail.contains("surprise"), "{}", dlq[0].detail);
         // The good record opens the segment at its own offset.
         assert_eq!(progress, Some((2, Some((1, Some(1000))))));
+    }
+
+    /// (start, end, reason, transforms metadata of its files) of every sealed segment so far.
+    fn sealed_digests(h: &mut Harness) -> Vec<(i64, i64, RollReason, BTreeSet<String>)> {
+        let mut out = Vec::new();
+        while let Ok(ev) = h.rx.try_recv() {
+            if let Event::Sealed(s) = ev {
+                let metas = s
+                    .files
+                    .iter()
+                    .map(|f| {
+                        let r = apache_avro::Reader::new(
+                            [f.file.head.as_slice(), f.file.tail.as_slice()]
+                                .concat()
+                                .as_slice(),
+                        )
+                        .unwrap()
+                        .user_metadata()
+                        .clone();
+                        String::from_utf8(r["form_etl.transforms"].clone()).unwrap()
+                    })
+                    .collect();
+                out.push((s.start, s.end, s.reason, metas));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_module_swap_closes_every_open_segment() {
+        let gen_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut h = harness_with(
+            1000,
+            Identity {
+                generation: gen_counter.clone(),
+            },
+        );
+        for p in 0..2 {
+            h.pipe
+                .handle(Cmd::Assign {
+                    partition: p,
+                    epoch: 1,
+                    seal: None,
+                })
+                .unwrap();
+        }
+        h.pipe
+            .handle(Cmd::Batch(vec![record(0, 0, 1, 1), record(1, 0, 1, 1)]))
+            .unwrap();
+        assert!(sealed_digests(&mut h).is_empty());
+        gen_counter.store(1, std::sync::atomic::Ordering::SeqCst);
+        // Only partition 0 gets new records: partition 1's open files close too.
+        h.pipe.handle(Cmd::Batch(vec![record(0, 1, 1, 1)])).unwrap();
+        let s = sealed_digests(&mut h);
+        assert_eq!(s.len(), 2, "{s:?}");
+        let old = format!("[{{\"uses\":\"identity\",\"sha256\":\"{:064}\"}}]", 0);
+        let new = format!("[{{\"uses\":\"identity\",\"sha256\":\"{:064}\"}}]", 1);
+        for (start, end, reason, metas) in &s {
+            assert_eq!((*start, *end, *reason), (0, 1, RollReason::TransformSwap));
+            assert_eq!(metas, &BTreeSet::from([old.clone()]));
+        }
+        h.pipe.handle(Cmd::Drain).unwrap();
+        let s = sealed_digests(&mut h);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((s[0].0, s[0].1), (1, 2));
+        assert_eq!(s[0].3, BTreeSet::from([new]));
+    }
+
+    #[test]
+    fn a_module_swap_does_not_cut_a_sealed_replay_short() {
+        let gen_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut h = harness_with(
+            1000,
+            Identity {
+                generation: gen_counter.clone(),
+            },
+        );
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                seal: Some(Seal { start: 0, end: 4 }),
+            })
+            .unwrap();
+        h.pipe
+            .handle(Cmd::Batch((0..2).map(|o| record(0, o, 1, 1)).collect()))
+            .unwrap();
+        gen_counter.store(1, std::sync::atomic::Ordering::SeqCst);
+        h.pipe
+            .handle(Cmd::Batch((2..6).map(|o| record(0, o, 1, 1)).collect()))
+            .unwrap();
+        let s = sealed_digests(&mut h);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((s[0].0, s[0].1, s[0].2), (0, 4, RollReason::Sealed));
+        // Both versions' rows are in it, and its metadata says so.
+        assert!(
+            s[0].3
+                .iter()
+                .all(|m| m.contains(&format!("{:064}", 0)) && m.contains(&format!("{:064}", 1))),
+            "{s:?}"
+        );
     }
 }

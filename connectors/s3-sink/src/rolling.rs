@@ -26,6 +26,9 @@ pub(crate) enum RollReason {
     Memory,
     /// Shutdown or `--max-records` (sealed).
     Drain,
+    /// A changed transform module was swapped in (wall clock: sealed), so every file's
+    /// `form_etl.transforms` digests hold for all its rows.
+    TransformSwap,
 }
 
 impl RollReason {
@@ -46,6 +49,7 @@ impl RollReason {
             RollReason::Idle => "idle",
             RollReason::Memory => "memory",
             RollReason::Drain => "drain",
+            RollReason::TransformSwap => "transform_swap",
         }
     }
 }
@@ -142,5 +146,6 @@ mod tests {
         assert!(!RollReason::Idle.is_deterministic());
         assert!(!RollReason::Memory.is_deterministic());
         assert!(!RollReason::Drain.is_deterministic());
+        assert!(!RollReason::TransformSwap.is_deterministic());
     }
 }

@@ -261,6 +261,11 @@ s3:
 
     /// Starts `target/release/s3-sink` (log appended to `dir/sink.log`).
     pub fn spawn(&self, extra_args: &[&str]) -> Result<Child> {
+        self.spawn_with_env(extra_args, &[])
+    }
+
+    /// [`SinkSetup::spawn`] with extra environment variables (e.g. `FORM_ETL_SMARTMODULE_DIR`).
+    pub fn spawn_with_env(&self, extra_args: &[&str], env: &[(&str, &Path)]) -> Result<Child> {
         let bin = root().join("target/release/s3-sink");
         anyhow::ensure!(
             bin.exists(),
@@ -279,6 +284,7 @@ s3:
             .env("S3_ACCESS_KEY_ID", "admin")
             .env("S3_SECRET_ACCESS_KEY", "password")
             .env("RUST_LOG", "info,s3_sink=debug,rdkafka=warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

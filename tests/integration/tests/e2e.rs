@@ -140,8 +140,9 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
         &dlq,
         &s3_endpoint(),
         "output",
-        // `codec: none`: fastavro reads zstd files only with its optional `zstandard` module.
-        "  idle-flush: 1s\n  codec: none\n",
+        // The default codec (zstd): the test venv has fastavro's optional `zstandard` module
+        // (`tests/cluster/install.sh venv`).
+        "  idle-flush: 1s\n",
     )?;
     let source_cfg = source_config(&sink.dir, &events, &enriched, &dlq, &unique("e2e-source-g"))?;
 

@@ -403,6 +403,282 @@ async fn schema_mismatch_goes_to_the_dlq_with_the_original_record() -> Result<()
     Ok(())
 }
 
+/// The built `form_flatten.wasm` (`make build-smartmodules`).
+fn flatten_wasm() -> Result<PathBuf> {
+    let p = root().join("target/wasm32-unknown-unknown/release/form_flatten.wasm");
+    anyhow::ensure!(
+        p.is_file(),
+        "{} is missing: run `make build-smartmodules`",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// Builds form-flatten with `feature` the way form-transforms' tests do (its own target dir)
+/// and copies the module to `dest`.
+fn build_variant(feature: &str, dest: &Path) -> Result<()> {
+    let target_dir = root().join("target/form-flatten-variants");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--manifest-path",
+            "smartmodules/form-flatten/Cargo.toml",
+            "--features",
+            feature,
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .status()
+        .context("running cargo")?;
+    anyhow::ensure!(
+        status.success(),
+        "building form-flatten --features {feature}"
+    );
+    std::fs::copy(
+        target_dir.join("wasm32-unknown-unknown/release/form_flatten.wasm"),
+        dest,
+    )?;
+    Ok(())
+}
+
+/// Replaces `dest` in one step (a rename), as a deployment would.
+fn replace_file(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = dest.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dest)?;
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One row of the swap test: table, form id, field id, the form title, the file's
+/// `form_etl.transforms` digests.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct TitledRow {
+    table: String,
+    form: String,
+    field: String,
+    title: String,
+    digests: Vec<String>,
+}
+
+async fn read_titled(setup: &SinkSetup) -> Result<Vec<TitledRow>> {
+    let s3 = setup.s3().await;
+    let dir = setup.dir.join("download");
+    let _ = std::fs::remove_dir_all(&dir);
+    let files = download_all(&s3, &setup.bucket, &setup.prefix, &dir).await?;
+    let mut rows = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&dir)?.to_string_lossy().into_owned();
+        let table = rel.split('/').nth(1).context("table dir")?.to_owned();
+        let bytes = std::fs::read(f)?;
+        let reader = apache_avro::Reader::new(bytes.as_slice())?;
+        let meta: serde_json::Value = serde_json::from_slice(
+            reader
+                .user_metadata()
+                .get("form_etl.transforms")
+                .with_context(|| format!("{rel}: no form_etl.transforms"))?,
+        )?;
+        let digests: Vec<String> = meta
+            .as_array()
+            .context("transforms metadata is a list")?
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}@{}",
+                    m["uses"].as_str().unwrap_or(""),
+                    m["sha256"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        for v in reader {
+            let v = apache_avro::from_value::<serde_json::Value>(&v?)?;
+            let s = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            rows.push(if table == "form" {
+                TitledRow {
+                    table: table.clone(),
+                    form: s("id"),
+                    field: String::new(),
+                    title: s("title"),
+                    digests: digests.clone(),
+                }
+            } else {
+                TitledRow {
+                    table: table.clone(),
+                    form: s("form_id"),
+                    field: s("id"),
+                    title: s("form_title"),
+                    digests: digests.clone(),
+                }
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// A sink gauge or counter, once `/metrics` answers.
+async fn wait_metric(
+    setup: &SinkSetup,
+    name: &str,
+    at_least: f64,
+    deadline: Duration,
+) -> Result<f64> {
+    wait_for(&format!("{name} >= {at_least}"), deadline, || async move {
+        Ok(setup
+            .metrics()
+            .await
+            .map(|m| metric(&m, name))
+            .filter(|v| *v >= at_least))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smartmodule_hot_swap_under_a_running_sink() -> Result<()> {
+    if !cluster_available("smartmodule_hot_swap") {
+        return Ok(());
+    }
+    let (topic, dlq) = topics("swap").await?;
+    let setup = SinkSetup::new(
+        "swap",
+        &topic,
+        &dlq,
+        &s3_endpoint(),
+        "output",
+        "  idle-flush: 1s\n",
+    )?;
+    // The sink finds `form-flatten` in this directory (FORM_ETL_SMARTMODULE_DIR).
+    let modules = setup.dir.join("modules");
+    std::fs::create_dir_all(&modules)?;
+    let watched = modules.join("form_flatten.wasm");
+    let base = std::fs::read(flatten_wasm()?)?;
+    std::fs::write(&watched, &base)?;
+    let upper_path = setup.dir.join("upper.wasm");
+    build_variant("upper-title", &upper_path)?;
+    let upper = std::fs::read(&upper_path)?;
+    let (base_sha, upper_sha) = (sha256_hex(&base), sha256_hex(&upper));
+    assert_ne!(base_sha, upper_sha);
+
+    let mut child = setup.spawn_with_env(&[], &[("FORM_ETL_SMARTMODULE_DIR", &modules)])?;
+    let (first, first_fields) = records(60, "a");
+    produce(&topic, &first).await?;
+    wait_committed(&setup, Duration::from_secs(60))
+        .await
+        .with_context(|| setup.log())?;
+    assert_eq!(
+        wait_metric(
+            &setup,
+            "s3_sink_transform_generation",
+            0.0,
+            Duration::from_secs(10)
+        )
+        .await?,
+        0.0
+    );
+
+    // The upper-title build replaces the module: the sink swaps it in, idle, within seconds.
+    replace_file(&watched, &upper)?;
+    wait_metric(
+        &setup,
+        "s3_sink_transform_generation",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| setup.log())?;
+    let (second, second_fields) = records(60, "b");
+    produce(&topic, &second).await?;
+    wait_committed(&setup, Duration::from_secs(60))
+        .await
+        .with_context(|| setup.log())?;
+
+    // A broken module is refused; the upper-title one keeps running.
+    replace_file(&watched, b"\0asm this is not a SmartModule")?;
+    wait_metric(
+        &setup,
+        "s3_sink_transform_rejected_total",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| setup.log())?;
+    let (third, third_fields) = records(30, "c");
+    produce(&topic, &third).await?;
+    wait_committed(&setup, Duration::from_secs(60))
+        .await
+        .with_context(|| setup.log())?;
+    assert!(
+        child.try_wait()?.is_none(),
+        "the sink must keep running after a broken module:\n{}",
+        setup.log()
+    );
+    let status = terminate(&mut child, Duration::from_secs(60))?;
+    assert!(status.success(), "exit status {status}");
+    let log = setup.log();
+    assert!(
+        log.contains("SmartModule rejected; the old one keeps running."),
+        "{log}"
+    );
+
+    let rows = read_titled(&setup).await?;
+    let keys: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.table.clone(), r.form.clone(), r.field.clone()))
+        .collect();
+    let dups = duplicates(keys.iter().cloned());
+    assert!(dups.is_empty(), "duplicated rows: {dups:?}");
+    let n = first.len() + second.len() + third.len();
+    let fields = first_fields + second_fields + third_fields;
+    assert_eq!(rows.iter().filter(|r| r.table == "form").count(), n);
+    assert_eq!(
+        rows.iter().filter(|r| r.table == "form_field").count(),
+        fields
+    );
+    let old = vec![format!("form-flatten@{base_sha}")];
+    let new = vec![format!("form-flatten@{upper_sha}")];
+    for r in &rows {
+        let original = format!("Formulaire n°{}", r.form);
+        if r.form.starts_with("a-") {
+            assert_eq!(r.title, original, "{r:?}");
+            assert_eq!(r.digests, old, "{r:?}");
+        } else {
+            assert!(
+                r.form.starts_with("b-") || r.form.starts_with("c-"),
+                "{r:?}"
+            );
+            assert_eq!(r.title, original.to_uppercase(), "{r:?}");
+            assert_eq!(r.digests, new, "{r:?}");
+        }
+    }
+    Ok(())
+}
+
 /// Not a test: throughput and peak RSS of the sink on `FORM_ETL_MEASURE_EVENTS` enriched records
 /// (default 200,000; about 5 fields each), `--max-records` under `/usr/bin/time -v`.
 /// `cargo test --release -p form-etl-tests --test sink -- --ignored measure --nocapture`
@@ -432,6 +708,7 @@ async fn measure() -> Result<()> {
     let out = Command::new("/usr/bin/time")
         .arg("-v")
         .arg(root().join("target/release/s3-sink"))
+        .current_dir(root())
         .args(["--max-records", &n.to_string(), "--config"])
         .arg(&setup.config)
         .env("S3_ACCESS_KEY_ID", "admin")
