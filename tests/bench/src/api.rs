@@ -98,7 +98,7 @@ impl Drop for OwnApi {
 }
 
 /// Result of a load run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct LoadReport {
     /// Requests in flight.
     pub(crate) concurrency: usize,

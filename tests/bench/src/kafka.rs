@@ -91,7 +91,7 @@ pub(crate) async fn delete_topics(brokers: &str, names: &[String]) {
 }
 
 /// Result of a timed Kafka loop.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Throughput {
     /// Records moved.
     pub(crate) records: u64,

@@ -135,13 +135,16 @@ struct Args {
     /// Profiling run: RSS is then perf's, and everything is a little slower.
     #[arg(long)]
     perf: bool,
+    /// Measure nothing: re-render BENCHMARKS.md and results.json from this results.json.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    render_only: Option<PathBuf>,
     /// How the bench was invoked, for the report (the Makefile passes it).
     #[arg(long)]
     command: Option<String>,
 }
 
 /// A connector run under the bench.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct ConnectorRun {
     /// Records asked for (`--max-records`).
     events: u64,
@@ -158,17 +161,19 @@ struct ConnectorRun {
     proc: ProcReport,
     /// Exited 0 by itself (its rate counts).
     ok: bool,
+    #[serde(default)]
     /// After the exit, the probe saw at least `events` records out (kafka-source: in the output
     /// topic; s3-sink: covered by the group's committed offsets, markers included).
     all_out: bool,
     /// The probe's last count.
+    #[serde(default)]
     probe_last: u64,
     /// Input topic.
     input: String,
 }
 
 /// End to end: both connectors running, events produced, until the sink has committed all.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct EndToEnd {
     events: u64,
     /// Seconds from the first produce to the sink's exit after its last commit.
@@ -182,7 +187,7 @@ struct EndToEnd {
     ok: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 struct Repeat {
     repeat: usize,
     raw_produce_events: Option<Throughput>,
@@ -902,6 +907,9 @@ fn harmonic(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = args.render_only.clone() {
+        return render_only(args, &path);
+    }
     let started_at = chrono::Utc::now();
     let machine = Machine::detect();
     // Short: s3s-fs (the local S3 server) fails multipart uploads of keys over ~125 characters
@@ -1010,7 +1018,8 @@ async fn main() -> anyhow::Result<()> {
         let rep = one_repeat(&ctx, r).await?;
         repeats.push(rep);
         write_outputs(
-            &ctx,
+            &ctx.args,
+            (ctx.events.len(), ctx.cold_events.len()),
             &machine,
             &started_at,
             &repeats,
@@ -1028,8 +1037,80 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Re-renders the outputs from an earlier results.json (older files: a connector's rate then
+/// counted only when the probe also saw every record out; now an exit 0 is enough).
+fn render_only(mut args: Args, path: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let get = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let mut reps: Vec<Repeat> = serde_json::from_value(get("runs")).context("`runs`")?;
+    for r in &mut reps {
+        for run in [
+            &mut r.kafka_source_warm,
+            &mut r.kafka_source_cold,
+            &mut r.s3_sink,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !run.all_out && run.probe_last == 0 {
+                // Written before `all_out` existed: `ok` meant exit 0 and all out.
+                run.all_out = run.ok;
+                run.ok = run.proc.ok();
+            }
+        }
+        if let Some(s) = &r.s3_sink
+            && s.ok
+            && !s.all_out
+        {
+            r.notes.retain(|n| !n.starts_with("s3-sink run failed"));
+            r.notes.push(format!(
+                "s3-sink exited 0 after reading {} records, but its group's committed offsets were below that \
+                 when the process exited (see {})",
+                s.events, s.proc.log
+            ));
+        }
+    }
+    let machine: Machine = serde_json::from_value(get("machine")).context("`machine`")?;
+    let started_at = chrono::DateTime::parse_from_rfc3339(get("date").as_str().unwrap_or_default())
+        .context("`date`")?
+        .with_timezone(&chrono::Utc);
+    let st = get("in_process_stages_one_thread");
+    let stage_costs: Vec<stages::Stage> =
+        serde_json::from_value(st["stages"].clone()).context("`stages`")?;
+    let rows_per_record = st["rows_per_record"].as_f64().unwrap_or(0.0);
+    let mb = get("mean_bytes");
+    let f = |x: &serde_json::Value| x.as_f64().unwrap_or(0.0);
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    args.forms = n("forms") as usize;
+    args.partitions = n("partitions") as i32;
+    args.repeats = n("repeats") as usize;
+    if args.command.is_none() {
+        args.command = get("command").as_str().map(str::to_owned);
+    }
+    write_outputs(
+        &args,
+        (n("events") as usize, n("cold_events") as usize),
+        &machine,
+        &started_at,
+        &reps,
+        &stage_costs,
+        rows_per_record,
+        (f(&mb["event"]), f(&mb["enriched"]), f(&mb["form"])),
+    )?;
+    say(format_args!(
+        "re-rendered {} and {}",
+        args.out_dir.join("results.json").display(),
+        args.report.display()
+    ));
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)] // everything the report shows
 fn write_outputs(
-    ctx: &Ctx,
+    a: &Args,
+    (n_events, n_cold): (usize, usize),
     machine: &Machine,
     started_at: &chrono::DateTime<chrono::Utc>,
     reps: &[Repeat],
@@ -1037,7 +1118,6 @@ fn write_outputs(
     rows_per_record: f64,
     (mean_event, mean_enriched, mean_form): (f64, f64, f64),
 ) -> anyhow::Result<()> {
-    let a = &ctx.args;
     let col = |f: &dyn Fn(&Repeat) -> Option<f64>| reps.iter().map(f).collect::<Vec<_>>();
     let raw_produce = col(&|r| r.raw_produce_events.as_ref().map(|t| t.events_per_s));
     let raw_consume_events = col(&|r| r.raw_consume_events.as_ref().map(|t| t.events_per_s));
@@ -1273,9 +1353,9 @@ fn write_outputs(
     }
 
     let results = json!({
-        "events": ctx.events.len(),
+        "events": n_events,
         "forms": a.forms,
-        "cold_events": ctx.cold_events.len(),
+        "cold_events": n_cold,
         "partitions": a.partitions,
         "repeats": a.repeats,
         "repeats_done": reps.len(),
@@ -1316,11 +1396,11 @@ fn write_outputs(
     ];
     commands.push(format!("# results: {}", path.display()));
     let params = vec![
-        ("events".to_owned(), ctx.events.len().to_string()),
+        ("events".to_owned(), n_events.to_string()),
         ("forms".to_owned(), a.forms.to_string()),
         (
             "cold-cache events (each a different form)".to_owned(),
-            ctx.cold_events.len().to_string(),
+            n_cold.to_string(),
         ),
         ("partitions".to_owned(), a.partitions.to_string()),
         (

@@ -19,7 +19,7 @@ const TASK_SCAN_EVERY: Duration = Duration::from_millis(500);
 const KILL_GRACE: Duration = Duration::from_secs(15);
 
 /// What a monitored process did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct ProcReport {
     /// Label.
     pub(crate) name: String,

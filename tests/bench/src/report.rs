@@ -13,7 +13,7 @@ pub(crate) const BEGIN: &str =
 pub(crate) const END: &str = "<!-- form-etl-bench: generated section ends -->";
 
 /// The machine the numbers come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Machine {
     pub(crate) nproc: usize,
     pub(crate) memory_mib: u64,

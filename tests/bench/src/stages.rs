@@ -10,7 +10,7 @@ use form_model::avro::{Table, flattened_to_values};
 use serde::Serialize;
 
 /// One stage's cost.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Stage {
     /// What was timed.
     pub(crate) name: String,
