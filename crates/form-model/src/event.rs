@@ -129,21 +129,78 @@ pub(crate) fn timestamp_field(text: &str, field: impl Into<String>) -> Result<i6
     })
 }
 
+/// One attribute of an object, as validation sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FieldView<'a> {
+    /// Absent or null.
+    Absent,
+    /// A string.
+    Str(&'a str),
+    /// Anything else, by its [`type_name`].
+    Other(&'static str),
+}
+
+impl<'a> FieldView<'a> {
+    fn of_value(value: Option<&'a Value>) -> Self {
+        match value {
+            None | Some(Value::Null) => Self::Absent,
+            Some(Value::String(s)) => Self::Str(s),
+            Some(other) => Self::Other(type_name(other)),
+        }
+    }
+}
+
 pub(crate) fn validate_event<'a>(
     object: &'a Map<String, Value>,
     path: &str,
 ) -> Result<EventFields<'a>, RecordError> {
-    let form_id = required_str(object, path, "form_id", true)?;
-    let happened_at = required_str(object, path, "event_happened_at", false)?;
-    let event_type = required_str(object, path, "event_type", false)?;
-    let form_title = match object.get("form_title") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(other) => {
+    validate_event_with(|name| FieldView::of_value(object.get(name)), path)
+}
+
+fn required<'a>(
+    get: &impl Fn(&str) -> FieldView<'a>,
+    path: &str,
+    name: &str,
+    non_empty: bool,
+) -> Result<&'a str, RecordError> {
+    match get(name) {
+        FieldView::Absent => Err(RecordError::MissingField {
+            field: format!("{path}{name}"),
+        }),
+        FieldView::Str(s) if !(non_empty && s.is_empty()) => Ok(s),
+        found => Err(RecordError::WrongType {
+            field: format!("{path}{name}"),
+            expected: if non_empty {
+                "a non-empty string"
+            } else {
+                "a string"
+            },
+            found: match found {
+                FieldView::Str("") => "an empty string",
+                FieldView::Str(_) => "a string",
+                FieldView::Other(t) => t,
+                FieldView::Absent => "null",
+            },
+        }),
+    }
+}
+
+/// [`validate_event`] over any object representation: `get` gives an attribute.
+pub(crate) fn validate_event_with<'a>(
+    get: impl Fn(&str) -> FieldView<'a>,
+    path: &str,
+) -> Result<EventFields<'a>, RecordError> {
+    let form_id = required(&get, path, "form_id", true)?;
+    let happened_at = required(&get, path, "event_happened_at", false)?;
+    let event_type = required(&get, path, "event_type", false)?;
+    let form_title = match get("form_title") {
+        FieldView::Absent => None,
+        FieldView::Str(s) => Some(s),
+        FieldView::Other(found) => {
             return Err(RecordError::WrongType {
                 field: format!("{path}form_title"),
                 expected: "a string",
-                found: type_name(other),
+                found,
             });
         }
     };

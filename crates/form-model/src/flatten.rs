@@ -6,11 +6,14 @@
 //! kept; timestamps are integers (microseconds since the Unix epoch, UTC). An absent column
 //! means null.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{RecordError, type_name};
-use crate::event::{DELETED_EVENT_TYPE, timestamp_field, validate_event};
+use crate::error::RecordError;
+use crate::event::{DELETED_EVENT_TYPE, FieldView, timestamp_field, validate_event_with};
+use crate::json::{Json, get};
 
 /// One row: column name → value (insertion-ordered).
 pub type Row = Map<String, Value>;
@@ -60,8 +63,9 @@ pub fn flatten(input: &[u8]) -> Result<Flattened, RecordError> {
 }
 
 /// Flattens one `form.enriched` value, appending the output JSON to `out` (nothing is
-/// appended on error). This is the hot path: the input is parsed once and walked by
-/// reference; the form's columns are serialized once and copied into each field row.
+/// appended on error). This is the hot path: the input is parsed once into a tree that
+/// borrows its strings from the input (`json.rs`) and walked by reference; the form's
+/// columns are serialized once and copied into each field row.
 pub fn flatten_to_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     let start = out.len();
     let result = flatten_inner(input, out);
@@ -72,19 +76,19 @@ pub fn flatten_to_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordErro
 }
 
 fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-    let top: Value = serde_json::from_slice(input).map_err(|e| RecordError::InvalidJson {
+    let top = Json::parse(input).map_err(|e| RecordError::InvalidJson {
         detail: e.to_string(),
     })?;
-    let Value::Object(top) = top else {
+    let Json::Object(top) = &top else {
         return Err(RecordError::WrongType {
             field: "(record)".to_owned(),
             expected: "an object",
-            found: type_name(&top),
+            found: top.type_name(),
         });
     };
-    let event = match top.get("event") {
-        Some(Value::Object(event)) => event,
-        None | Some(Value::Null) => {
+    let event = match get(top, "event") {
+        Some(Json::Object(event)) => event,
+        None | Some(Json::Null) => {
             return Err(RecordError::MissingField {
                 field: "event".to_owned(),
             });
@@ -93,14 +97,21 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             return Err(RecordError::WrongType {
                 field: "event".to_owned(),
                 expected: "an object",
-                found: type_name(other),
+                found: other.type_name(),
             });
         }
     };
-    let ev = validate_event(event, "event.")?;
-    let retrieved = match top.get("retrieved_timestamp") {
-        Some(Value::String(s)) => timestamp_field(s, "retrieved_timestamp")?,
-        None | Some(Value::Null) => {
+    let ev = validate_event_with(
+        |name| match get(event, name) {
+            None | Some(Json::Null) => FieldView::Absent,
+            Some(Json::Str(s)) => FieldView::Str(s),
+            Some(other) => FieldView::Other(other.type_name()),
+        },
+        "event.",
+    )?;
+    let retrieved = match get(top, "retrieved_timestamp") {
+        Some(Json::Str(s)) => timestamp_field(s, "retrieved_timestamp")?,
+        None | Some(Json::Null) => {
             return Err(RecordError::MissingField {
                 field: "retrieved_timestamp".to_owned(),
             });
@@ -109,7 +120,7 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             return Err(RecordError::WrongType {
                 field: "retrieved_timestamp".to_owned(),
                 expected: "a string",
-                found: type_name(other),
+                found: other.type_name(),
             });
         }
     };
@@ -123,31 +134,32 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     event_cols.extend_from_slice(b",\"event_type\":");
     write_str(&mut event_cols, ev.event_type);
 
-    match top.get("form") {
-        Some(Value::Object(form)) => {
-            let fields = match form.get("fields") {
-                None | Some(Value::Null) => &[][..],
-                Some(Value::Array(fields)) => fields.as_slice(),
+    match get(top, "form") {
+        Some(Json::Object(form)) => {
+            let fields = match get(form, "fields") {
+                None | Some(Json::Null) => &[][..],
+                Some(Json::Array(fields)) => fields.as_slice(),
                 Some(other) => {
                     return Err(RecordError::WrongType {
                         field: "form.fields".to_owned(),
                         expected: "an array",
-                        found: type_name(other),
+                        found: other.type_name(),
                     });
                 }
             };
-            if let Some(i) = fields.iter().position(|f| !f.is_object()) {
+            if let Some(i) = fields.iter().position(|f| !matches!(f, Json::Object(_))) {
                 return Err(RecordError::WrongType {
                     field: format!("form.fields[{i}]"),
                     expected: "an object",
-                    found: type_name(&fields[i]),
+                    found: fields[i].type_name(),
                 });
             }
 
             out.extend_from_slice(b"{\"form\":[{");
             let mut first = true;
             let mut path = Vec::new();
-            write_columns(out, &mut path, form, true, &mut first);
+            let mut scratch = Vec::new();
+            write_columns(out, &mut path, &mut scratch, form, true, &mut first);
             if !first {
                 out.push(b',');
             }
@@ -160,12 +172,20 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
                 let mut first = true;
                 path.clear();
                 path.extend_from_slice(b"form_");
-                write_columns(&mut form_cols, &mut path, form, true, &mut first);
+                write_columns(
+                    &mut form_cols,
+                    &mut path,
+                    &mut scratch,
+                    form,
+                    true,
+                    &mut first,
+                );
                 if !first {
                     form_cols.push(b',');
                 }
                 write_prefixed_event_cols(&mut form_cols, retrieved, &ev);
 
+                out.reserve(fields.len() * (form_cols.len() + 512));
                 for (i, field) in fields.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
@@ -173,8 +193,8 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
                     out.push(b'{');
                     let mut first = true;
                     path.clear();
-                    if let Value::Object(field) = field {
-                        write_columns(out, &mut path, field, false, &mut first);
+                    if let Json::Object(field) = field {
+                        write_columns(out, &mut path, &mut scratch, field, false, &mut first);
                     }
                     if !first {
                         out.push(b',');
@@ -185,7 +205,7 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             }
             out.extend_from_slice(b"]}");
         }
-        Some(Value::Null) => {
+        Some(Json::Null) => {
             if ev.event_type != DELETED_EVENT_TYPE {
                 return Err(RecordError::FormNotFound {
                     form_id: ev.form_id.to_owned(),
@@ -215,7 +235,7 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             return Err(RecordError::WrongType {
                 field: "form".to_owned(),
                 expected: "an object or null",
-                found: type_name(other),
+                found: other.type_name(),
             });
         }
     }
@@ -236,11 +256,13 @@ fn write_prefixed_event_cols(
 }
 
 /// Writes `"path+key":value` pairs for every scalar (or array) under `object`, recursing into
-/// nested objects with `key_` appended to `path` (already JSON-escaped bytes).
+/// nested objects with `key_` appended to `path` (already JSON-escaped bytes). `scratch`
+/// is a reusable buffer for the JSON text of arrays.
 fn write_columns(
     out: &mut Vec<u8>,
     path: &mut Vec<u8>,
-    object: &Map<String, Value>,
+    scratch: &mut Vec<u8>,
+    object: &[(Cow<'_, str>, Json<'_>)],
     skip_fields: bool,
     first: &mut bool,
 ) {
@@ -248,11 +270,11 @@ fn write_columns(
         if skip_fields && key == "fields" {
             continue;
         }
-        if let Value::Object(inner) = value {
+        if let Json::Object(inner) = value {
             let len = path.len();
             write_escaped(path, key);
             path.push(b'_');
-            write_columns(out, path, inner, false, first);
+            write_columns(out, path, scratch, inner, false, first);
             path.truncate(len);
             continue;
         }
@@ -265,19 +287,55 @@ fn write_columns(
         write_escaped(out, key);
         out.extend_from_slice(b"\":");
         match value {
-            Value::Array(_) => {
+            Json::Array(_) => {
                 // Compact JSON text of the array, as a string column.
-                let text = serde_json::to_string(value).unwrap_or_default();
-                write_str(out, &text);
+                scratch.clear();
+                write_json(scratch, value);
+                // Our own JSON text: valid UTF-8 (strings came from a `str`).
+                write_str(out, std::str::from_utf8(scratch).unwrap_or_default());
             }
-            Value::String(s) => write_str(out, s),
-            Value::Null => out.extend_from_slice(b"null"),
-            Value::Bool(true) => out.extend_from_slice(b"true"),
-            Value::Bool(false) => out.extend_from_slice(b"false"),
-            // Numbers keep serde_json's text (integers exact, floats shortest round-trip).
-            other => {
-                let _ = serde_json::to_writer(&mut *out, other);
+            scalar => write_json(out, scalar),
+        }
+    }
+}
+
+/// Compact JSON text of a value, as `serde_json::to_writer` writes the same
+/// `serde_json::Value` (same escaping, same number text).
+fn write_json(out: &mut Vec<u8>, value: &Json<'_>) {
+    match value {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(true) => out.extend_from_slice(b"true"),
+        Json::Bool(false) => out.extend_from_slice(b"false"),
+        // Numbers keep serde_json's text (integers exact, floats shortest round-trip).
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                write_i64(out, i);
+            } else {
+                let _ = serde_json::to_writer(&mut *out, n);
             }
+        }
+        Json::Str(s) => write_str(out, s),
+        Json::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(out, item);
+            }
+            out.push(b']');
+        }
+        Json::Object(object) => {
+            out.push(b'{');
+            for (i, (key, item)) in object.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, key);
+                out.push(b':');
+                write_json(out, item);
+            }
+            out.push(b'}');
         }
     }
 }

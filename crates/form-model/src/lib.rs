@@ -3,6 +3,7 @@
 mod error;
 mod event;
 mod flatten;
+mod json;
 pub mod seed;
 mod time;
 
