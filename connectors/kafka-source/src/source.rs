@@ -438,7 +438,7 @@ fn process(
     let event = match form_model::Event::from_slice(payload.as_deref().unwrap_or_default()) {
         Ok(e) => e,
         Err(e) => {
-            let reason = DlqReason::parse(e.reason().as_str()).unwrap_or(DlqReason::InvalidJson);
+            let reason = e.reason();
             let mut p = done(Output::Dead {
                 reason,
                 detail: e.to_string(),

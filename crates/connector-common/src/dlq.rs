@@ -2,8 +2,6 @@
 //! `dlq.connector`, `dlq.source.topic`, `dlq.source.partition`, `dlq.source.offset`).
 //! The record's key and value are the original ones, untouched.
 
-use std::fmt;
-
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use serde::Deserialize;
 
@@ -44,65 +42,9 @@ fn default_topic() -> String {
     DEFAULT_DLQ_TOPIC.to_owned()
 }
 
-/// Why a record went to the dead-letter queue (closed set, `docs/internals.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DlqReason {
-    /// The value is not JSON (or not a JSON object).
-    InvalidJson,
-    /// A required field is absent.
-    MissingField,
-    /// A field has the wrong JSON type.
-    WrongType,
-    /// `event_happened_at` is not a timestamp we read.
-    InvalidTimestamp,
-    /// The API answered 404 for an event other than `deleted`.
-    FormNotFound,
-    /// The API's answer is not a valid form.
-    InvalidApiResponse,
-    /// A row does not fit the Avro schema.
-    SchemaMismatch,
-    /// The SmartModule refused the record.
-    TransformError,
-}
-
-impl DlqReason {
-    /// Every reason, for metrics initialisation.
-    pub const ALL: [DlqReason; 8] = [
-        Self::InvalidJson,
-        Self::MissingField,
-        Self::WrongType,
-        Self::InvalidTimestamp,
-        Self::FormNotFound,
-        Self::InvalidApiResponse,
-        Self::SchemaMismatch,
-        Self::TransformError,
-    ];
-
-    /// The header value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidJson => "invalid_json",
-            Self::MissingField => "missing_field",
-            Self::WrongType => "wrong_type",
-            Self::InvalidTimestamp => "invalid_timestamp",
-            Self::FormNotFound => "form_not_found",
-            Self::InvalidApiResponse => "invalid_api_response",
-            Self::SchemaMismatch => "schema_mismatch",
-            Self::TransformError => "transform_error",
-        }
-    }
-
-    /// Parses a header value.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-impl fmt::Display for DlqReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Why a record went to the dead-letter queue (closed set, `docs/internals.md`): the one
+/// definition lives in form-model, which decides most of them.
+pub use form_model::DlqReason;
 
 /// Everything the DLQ headers say about one record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,23 @@ pub enum DlqReason {
 }
 
 impl DlqReason {
+    /// Every reason, for metrics initialisation and header parsing.
+    pub const ALL: [DlqReason; 8] = [
+        Self::InvalidJson,
+        Self::MissingField,
+        Self::WrongType,
+        Self::InvalidTimestamp,
+        Self::FormNotFound,
+        Self::InvalidApiResponse,
+        Self::SchemaMismatch,
+        Self::TransformError,
+    ];
+
+    /// Parses a `dlq.reason` header value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     /// The `dlq.reason` header value.
     pub fn as_str(self) -> &'static str {
         match self {
