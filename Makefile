@@ -68,7 +68,7 @@ cluster-status:
 test: deps build-smartmodules build cluster-up
 	FORM_ETL_REQUIRE_CLUSTER=1 $(CARGO) test --release --workspace
 
-run: cluster-up
+run: deps build-smartmodules cluster-up
 	$(CARGO) build --release -p kafka-source -p s3-sink
 	@set -u; \
 	export S3_ACCESS_KEY_ID=admin S3_SECRET_ACCESS_KEY=password; \
