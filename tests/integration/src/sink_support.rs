@@ -140,7 +140,22 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Result<Vec<i64>> {
 }
 
 /// Committed offsets of `group` on `topic` (-1: none).
+///
+/// The group coordinator can take longer than one request timeout to answer on a loaded
+/// 2-core machine, so a failed lookup is retried for up to a minute before it fails the test.
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match committed_once(group, topic, partitions) {
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("committed offsets of group {group} on {topic}: {e:#}; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+fn committed_once(group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_addr())
         .set("group.id", group)
