@@ -29,13 +29,13 @@ export FORM_ETL_FORMS_ADMIN ?= http://127.0.0.1:8001
 
 help:
 	@echo "make test            deps + build + cluster-up + all tests (FORM_ETL_REQUIRE_CLUSTER=1)"
-	@echo "make run             start the local cluster (connectors: coming next)"
+	@echo "make run             cluster + both connectors, seed event + batch, rows from S3"
 	@echo "make build           cargo build --release --workspace"
 	@echo "make build-smartmodules  build the form-flatten SmartModule (wasm32-unknown-unknown)"
 	@echo "make lint            rustfmt check + clippy -D warnings"
 	@echo "make deps            install Kafka jars, s3s-fs, avro-tools, fastavro venv into .cache/"
 	@echo "make cluster-up | cluster-down | cluster-status"
-	@echo "make bench           benchmarks (not yet)"
+	@echo "make bench           throughput, RSS, CPU beside the ceilings (BENCHMARKS.md)"
 
 build:
 	$(CARGO) build --release --workspace
