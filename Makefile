@@ -66,7 +66,7 @@ cluster-status:
 
 # Keep cargo test last: the output of `make test` ends with its summary lines.
 test: deps build-smartmodules build cluster-up
-	FORM_ETL_REQUIRE_CLUSTER=1 $(CARGO) test --release --workspace
+	FORM_ETL_REQUIRE_CLUSTER=1 $(CARGO) test --release --workspace --no-fail-fast
 
 run: deps build-smartmodules cluster-up
 	$(CARGO) build --release -p kafka-source -p s3-sink
