@@ -459,7 +459,10 @@ impl Pipeline {
                 .increment(rows_by_table[t as usize]);
         }
         self.ship_parts()?;
-        self.enforce_budget()?;
+        // A memory flush may close a partition this batch did not touch (one whose records all
+        // came earlier): it must report its closed segment too, or the commit side keeps it
+        // open and never commits past its start.
+        touched.extend(self.enforce_budget()?);
         for p in touched {
             if !self.progress(p) {
                 return Ok(false);
@@ -735,12 +738,14 @@ impl Pipeline {
     }
 
     /// Over budget: flush the partition holding the most (a sealed, wall-clock boundary).
-    fn enforce_budget(&mut self) -> anyhow::Result<()> {
+    /// Returns the partitions flushed; the caller reports their progress.
+    fn enforce_budget(&mut self) -> anyhow::Result<Vec<i32>> {
+        let mut flushed = Vec::new();
         loop {
             let total: usize = self.partitions.keys().map(|p| self.open_bytes(*p)).sum();
             metrics::gauge!("s3_sink_open_file_bytes").set(total as f64);
             if total <= self.settings.open_budget {
-                return Ok(());
+                return Ok(flushed);
             }
             let largest = self
                 .partitions
@@ -749,7 +754,7 @@ impl Pipeline {
                 .map(|(p, _)| (self.open_bytes(*p), *p))
                 .max();
             let Some((bytes, p)) = largest else {
-                return Ok(());
+                return Ok(flushed);
             };
             info!(
                 partition = p,
@@ -759,6 +764,7 @@ impl Pipeline {
                 "Memory budget exceeded: flushing the largest partition."
             );
             self.roll_at_next(p, RollReason::Memory)?;
+            flushed.push(p);
         }
     }
 }
@@ -1043,5 +1049,49 @@ mod tests {
                 .all(|m| m.contains(&format!("{:064}", 0)) && m.contains(&format!("{:064}", 1))),
             "{s:?}"
         );
+    }
+
+    /// A memory flush of a partition the batch did not touch still reports where that
+    /// partition stands: otherwise the commit side keeps its segment open and never commits
+    /// past the segment's start (the bench's `--max-records` runs ended so).
+    #[test]
+    fn a_memory_flush_of_an_untouched_partition_reports_its_progress() {
+        let mut h = harness(1_000_000);
+        for partition in [0, 1] {
+            h.pipe
+                .handle(Cmd::Assign {
+                    partition,
+                    epoch: 1,
+                    seal: None,
+                })
+                .unwrap();
+        }
+        let recs: Vec<InRecord> = (0..50).map(|o| record(0, o, 1, 20)).collect();
+        h.pipe.handle(Cmd::Batch(recs)).unwrap();
+        while h.rx.try_recv().is_ok() {}
+        let held = h.pipe.open_bytes(0);
+        assert!(held > 0);
+        // Exactly full: one more record of partition 1 flushes partition 0, the largest.
+        h.pipe.settings.open_budget = held;
+        h.pipe.handle(Cmd::Batch(vec![record(1, 0, 1, 1)])).unwrap();
+        let mut sealed = Vec::new();
+        let mut progress = BTreeMap::new();
+        while let Ok(ev) = h.rx.try_recv() {
+            match ev {
+                Event::Sealed(s) => sealed.push((s.partition, s.start, s.end, s.reason)),
+                Event::Progress {
+                    partition,
+                    next_offset,
+                    open,
+                    ..
+                } => {
+                    progress.insert(partition, (next_offset, open.map(|o| o.0)));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(sealed, vec![(0, 0, 50, RollReason::Memory)]);
+        assert_eq!(progress.get(&0), Some(&(50, None)), "{progress:?}");
+        assert_eq!(progress.get(&1), Some(&(1, Some(0))), "{progress:?}");
     }
 }
