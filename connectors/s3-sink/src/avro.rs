@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use apache_avro::{Codec, Schema, Writer, types::Value};
+use form_model::avro_encode::put_long;
 
 /// Avro block size in bytes before compression (apache-avro's default is 16000).
 pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
@@ -26,8 +27,9 @@ pub(crate) struct FileEncoder {
     schema: &'static Schema,
     codec: Codec,
     marker: [u8; 16],
-    /// Writes blocks only (`has_header`), into its own `Vec` that we drain after every append.
-    writer: Writer<'static, Vec<u8>>,
+    /// Datums of the block being filled (uncompressed).
+    block: Vec<u8>,
+    block_rows: u64,
     head: Vec<u8>,
     tail: Vec<u8>,
     part_size: usize,
@@ -54,55 +56,64 @@ pub(crate) struct FinishedFile {
 }
 
 impl FileEncoder {
-    pub(crate) fn new(
-        schema: &'static Schema,
-        codec: Codec,
-        part_size: usize,
-    ) -> Result<Self, EncodeError> {
+    pub(crate) fn new(schema: &'static Schema, codec: Codec, part_size: usize) -> Self {
         // The sync marker is random, like every Avro writer's: keys and rows are what a replay
         // must reproduce, not the bytes.
         let marker: [u8; 16] = rand::random();
-        let writer = Writer::builder()
-            .schema(schema)
-            .writer(Vec::with_capacity(BLOCK_SIZE))
-            .codec(codec)
-            .block_size(BLOCK_SIZE)
-            .marker(marker)
-            .has_header(true)
-            .build()?;
-        Ok(Self {
+        Self {
             schema,
             codec,
             marker,
-            writer,
+            block: Vec::new(),
+            block_rows: 0,
             head: Vec::new(),
             tail: Vec::new(),
             part_size,
             rows: 0,
             block_bytes: 0,
-        })
+        }
     }
 
-    /// Appends one row, already checked against the schema by form-model's conversion.
-    pub(crate) fn append(&mut self, value: &Value) -> Result<(), EncodeError> {
-        self.writer.unvalidated_append_value_ref(value)?;
+    /// Appends one row: its Avro datum, already encoded and checked against the schema
+    /// (form-model's `avro_encode`). Blocks close at [`BLOCK_SIZE`] uncompressed bytes, so
+    /// the block boundaries, like the rows, are a function of the rows appended.
+    pub(crate) fn append(&mut self, datum: &[u8]) -> Result<(), EncodeError> {
+        self.block.extend_from_slice(datum);
+        self.block_rows += 1;
         self.rows += 1;
-        self.drain_writer();
+        if self.block.len() >= BLOCK_SIZE {
+            self.flush_block()?;
+        }
         Ok(())
     }
 
-    fn drain_writer(&mut self) {
-        let out = self.writer.get_mut();
-        if out.is_empty() {
-            return;
+    /// Writes the pending block: row count, compressed size, compressed datums, sync marker.
+    fn flush_block(&mut self) -> Result<(), EncodeError> {
+        if self.block_rows == 0 {
+            return Ok(());
         }
-        self.block_bytes += out.len() as u64;
-        if self.head.len() < self.part_size {
-            self.head.extend_from_slice(out);
+        let mut data = std::mem::take(&mut self.block);
+        let uncompressed = data.capacity();
+        self.codec.compress(&mut data)?;
+        let out = if self.head.len() < self.part_size {
+            &mut self.head
         } else {
-            self.tail.extend_from_slice(out);
+            &mut self.tail
+        };
+        let before = out.len();
+        put_long(out, self.block_rows as i64);
+        put_long(out, data.len() as i64);
+        out.extend_from_slice(&data);
+        out.extend_from_slice(&self.marker);
+        self.block_bytes += (out.len() - before) as u64;
+        self.block_rows = 0;
+        // Keep the block buffer's allocation (the codecs other than null compress into a new one).
+        data.clear();
+        if data.capacity() < uncompressed {
+            data.reserve(uncompressed);
         }
-        out.clear();
+        self.block = data;
+        Ok(())
     }
 
     pub(crate) fn rows(&self) -> u64 {
@@ -117,8 +128,7 @@ impl FileEncoder {
 
     /// Bytes held in memory by this file (for the memory budget).
     pub(crate) fn buffered(&self) -> usize {
-        // The writer's pending block is at most one block (plus one row).
-        self.head.capacity() + self.tail.capacity() + BLOCK_SIZE
+        self.head.capacity() + self.tail.capacity() + self.block.capacity()
     }
 
     /// A full part to stream now, if any (part 2, 3, …: the head is kept for the header).
@@ -135,8 +145,7 @@ impl FileEncoder {
         mut self,
         metadata: &[(String, String)],
     ) -> Result<FinishedFile, EncodeError> {
-        self.writer.flush()?;
-        self.drain_writer();
+        self.flush_block()?;
         let mut user_metadata = HashMap::new();
         for (k, v) in metadata {
             user_metadata.insert(k.clone(), Value::Bytes(v.as_bytes().to_vec()));
@@ -181,6 +190,14 @@ mod tests {
         ])
     }
 
+    fn datum(i: i64) -> Vec<u8> {
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema())
+            .build()
+            .unwrap()
+            .write_value_to_vec(row(i))
+            .unwrap()
+    }
+
     fn read_all(bytes: &[u8]) -> (Vec<Value>, HashMap<String, Vec<u8>>) {
         let r = Reader::new(bytes).unwrap();
         let meta = r.user_metadata().clone();
@@ -195,10 +212,10 @@ mod tests {
             Codec::Zstandard(apache_avro::ZstandardSettings::new(3)),
             Codec::Deflate(apache_avro::DeflateSettings::default()),
         ] {
-            let mut enc = FileEncoder::new(schema(), codec, 100_000).unwrap();
+            let mut enc = FileEncoder::new(schema(), codec, 100_000);
             let mut parts = Vec::new();
             for i in 0..50_000 {
-                enc.append(&row(i)).unwrap();
+                enc.append(&datum(i)).unwrap();
                 if let Some(p) = enc.take_part() {
                     assert!(p.len() >= 100_000);
                     parts.push(p);
@@ -224,9 +241,9 @@ mod tests {
     #[test]
     fn byte_count_is_deterministic() {
         let run = || {
-            let mut enc = FileEncoder::new(schema(), Codec::Snappy, 1 << 20).unwrap();
+            let mut enc = FileEncoder::new(schema(), Codec::Snappy, 1 << 20);
             for i in 0..10_000 {
-                enc.append(&row(i)).unwrap();
+                enc.append(&datum(i)).unwrap();
             }
             enc.encoded_bytes()
         };
@@ -236,8 +253,8 @@ mod tests {
 
     #[test]
     fn empty_tail_small_file() {
-        let mut enc = FileEncoder::new(schema(), Codec::Null, 1 << 20).unwrap();
-        enc.append(&row(1)).unwrap();
+        let mut enc = FileEncoder::new(schema(), Codec::Null, 1 << 20);
+        enc.append(&datum(1)).unwrap();
         let f = enc.finish(&[]).unwrap();
         let (rows, _) = read_all(&[f.head, f.tail].concat());
         assert_eq!(rows, vec![row(1)]);

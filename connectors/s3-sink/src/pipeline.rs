@@ -24,6 +24,7 @@ use crate::keys::object_key;
 use crate::rolling::{FileSize, RollReason, RollingPolicy};
 use crate::tables::{Table, TableCodec};
 use crate::transform::Transform;
+use form_model::avro_encode::{EncodeError, EncodedRows, encode_output};
 use form_transforms::{Input, Output};
 
 /// One consumed record.
@@ -202,8 +203,8 @@ struct OpenFile {
 struct Segment {
     start: i64,
     first_ts_ms: Option<i64>,
-    /// By (table, event date): at most one file each.
-    files: BTreeMap<(Table, String), OpenFile>,
+    /// By (table, event day since 1970-01-01): at most one file each.
+    files: BTreeMap<(Table, i64), OpenFile>,
     /// Transform modules (name, sha256) that produced rows of this segment.
     digests: BTreeSet<(String, String)>,
 }
@@ -227,6 +228,8 @@ pub(crate) struct Pipeline {
     next_file_id: u64,
     /// The chain's generation when the open segments got their rows.
     generation: u64,
+    /// The rows of the record being handled (reused: no allocation per record).
+    scratch: EncodedRows,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -235,13 +238,6 @@ impl std::fmt::Debug for Pipeline {
             .field("partitions", &self.partitions.len())
             .finish()
     }
-}
-
-/// A row ready to append.
-struct ReadyRow {
-    table: Table,
-    date: String,
-    value: apache_avro::types::Value,
 }
 
 impl Pipeline {
@@ -261,6 +257,7 @@ impl Pipeline {
             transform,
             inflight,
             next_file_id: 0,
+            scratch: EncodedRows::default(),
         }
     }
 
@@ -418,18 +415,20 @@ impl Pipeline {
         let digests = self.transform.digests();
         let mut touched = BTreeSet::new();
         let mut rows_by_table = [0u64; 2];
+        let mut rows = std::mem::take(&mut self.scratch);
         for (rec, out) in records.into_iter().zip(outputs) {
             touched.insert(rec.partition);
-            let rows = match out {
+            rows.clear();
+            let encoded = match out {
                 Err(e) => Err((DlqReason::TransformError, e.message)),
-                Ok(outs) => self.rows_of(&outs),
+                Ok(outs) => encode_rows(&outs, &mut rows),
             };
-            match rows {
-                Ok(rows) => {
-                    for r in &rows {
+            match encoded {
+                Ok(()) => {
+                    for r in &rows.rows {
                         rows_by_table[r.table as usize] += 1;
                     }
-                    self.accept(&rec, rows, &digests)?;
+                    self.accept(&rec, &rows, &digests)?;
                 }
                 Err((reason, detail)) => {
                     metrics::counter!("s3_sink_dlq_records_total", "reason" => reason.as_str())
@@ -450,10 +449,12 @@ impl Pipeline {
                     if !self.emit(ev) {
                         return Ok(false);
                     }
-                    self.accept(&rec, Vec::new(), &digests)?;
+                    rows.clear();
+                    self.accept(&rec, &rows, &digests)?;
                 }
             }
         }
+        self.scratch = rows;
         for t in Table::ALL {
             metrics::counter!("s3_sink_rows_total", "table" => t.as_str())
                 .increment(rows_by_table[t as usize]);
@@ -471,47 +472,12 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// The rows of one record, converted and checked: all of them or a dead letter.
-    fn rows_of(&self, outputs: &[Output]) -> Result<Vec<ReadyRow>, (DlqReason, String)> {
-        let mut out = Vec::new();
-        for o in outputs {
-            let flat = form_model::Flattened::from_slice(&o.value).map_err(|e| {
-                (
-                    DlqReason::TransformError,
-                    format!("the transform's output is not {{form, form_field}} JSON: {e}"),
-                )
-            })?;
-            for (table, rows) in [
-                (Table::Form, flat.form),
-                (Table::FormField, flat.form_field),
-            ] {
-                for row in rows {
-                    let date = form_model::row_event_date(&row).ok_or_else(|| {
-                        (
-                            DlqReason::SchemaMismatch,
-                            format!(
-                                "{}: the row has no event_happened_at timestamp",
-                                table.as_str()
-                            ),
-                        )
-                    })?;
-                    let value = self
-                        .tables
-                        .convert(table, row)
-                        .map_err(|e| (DlqReason::SchemaMismatch, e.to_string()))?;
-                    out.push(ReadyRow { table, date, value });
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Adds one record's rows to its partition's segment, rolling before/after as the policy
     /// and any sealed boundary say.
     fn accept(
         &mut self,
         rec: &InRecord,
-        rows: Vec<ReadyRow>,
+        rows: &EncodedRows,
         digests: &[(String, String)],
     ) -> anyhow::Result<()> {
         let p = rec.partition;
@@ -527,7 +493,7 @@ impl Pipeline {
         let before = {
             let ps = &self.partitions[&p];
             match (&ps.segment, rec.timestamp_ms) {
-                (Some(seg), Some(ts)) if !rows.is_empty() => {
+                (Some(seg), Some(ts)) if !rows.rows.is_empty() => {
                     policy.roll_before(seg.first_ts_ms.unwrap_or(ts), ts)
                 }
                 _ => None,
@@ -536,7 +502,7 @@ impl Pipeline {
         if let Some(reason) = before {
             self.roll(p, rec.offset, reason)?;
         }
-        if !rows.is_empty() {
+        if !rows.rows.is_empty() {
             let (codec, part_size) = (self.settings.codec, self.settings.part_size);
             let ps = self.partitions.get_mut(&p).expect("assigned");
             let seg = ps.segment.get_or_insert_with(|| Segment {
@@ -546,35 +512,28 @@ impl Pipeline {
                 digests: BTreeSet::new(),
             });
             seg.digests.extend(digests.iter().cloned());
-            for row in rows {
-                let slot = (row.table, row.date);
-                if !seg.files.contains_key(&slot) {
+            for row in &rows.rows {
+                let table = Table::from(row.table);
+                let file = seg.files.entry((table, row.day)).or_insert_with(|| {
                     let id = self.next_file_id;
                     self.next_file_id += 1;
                     let key = object_key(
                         &self.settings.prefix,
-                        row.table.as_str(),
-                        &slot.1,
+                        table.as_str(),
+                        &form_model::day_to_date(row.day),
                         &self.settings.topic,
                         p,
                         seg.start,
                     );
-                    let enc = FileEncoder::new(self.tables.schema(row.table), codec, part_size)?;
-                    seg.files.insert(
-                        slot.clone(),
-                        OpenFile {
-                            id,
-                            key,
-                            table: row.table,
-                            enc,
-                        },
-                    );
-                }
-                seg.files
-                    .get_mut(&slot)
-                    .expect("inserted")
-                    .enc
-                    .append(&row.value)?;
+                    let enc = FileEncoder::new(self.tables.schema(table), codec, part_size);
+                    OpenFile {
+                        id,
+                        key,
+                        table,
+                        enc,
+                    }
+                });
+                file.enc.append(rows.datum(row))?;
             }
         }
         let ps = self.partitions.get_mut(&p).expect("assigned");
@@ -651,10 +610,13 @@ impl Pipeline {
                 .collect::<Vec<_>>(),
         )?;
         let mut files = Vec::with_capacity(seg.files.len());
-        for ((table, date), f) in seg.files {
+        for ((table, day), f) in seg.files {
             let meta = vec![
                 ("form_etl.table".to_owned(), table.as_str().to_owned()),
-                ("form_etl.event_date".to_owned(), date),
+                (
+                    "form_etl.event_date".to_owned(),
+                    form_model::day_to_date(day),
+                ),
                 (
                     "form_etl.source.topic".to_owned(),
                     self.settings.topic.clone(),
@@ -767,6 +729,22 @@ impl Pipeline {
             flushed.push(p);
         }
     }
+}
+
+/// The rows of one record's transform outputs, encoded and checked: all of them or a dead
+/// letter (`rows` is left empty then).
+fn encode_rows(outputs: &[Output], rows: &mut EncodedRows) -> Result<(), (DlqReason, String)> {
+    for o in outputs {
+        if let Err(e) = encode_output(&o.value, rows) {
+            rows.clear();
+            let reason = match e {
+                EncodeError::NotRows(_) => DlqReason::TransformError,
+                EncodeError::Mismatch(_) => DlqReason::SchemaMismatch,
+            };
+            return Err((reason, e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

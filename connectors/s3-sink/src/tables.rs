@@ -1,8 +1,6 @@
-//! The two tables, their Avro schemas, and row → Avro value conversion.
+//! The two tables and their Avro schemas.
 
 use apache_avro::Schema;
-use apache_avro::types::Value;
-use form_model::Row;
 
 /// An output table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,39 +20,38 @@ impl Table {
     }
 }
 
-/// Schemas and conversion of both tables: form-model's `avro` feature (schemas from
-/// `config/*.avsc`, compiled in).
+/// The schemas of both tables: form-model's `avro` feature (from `config/*.avsc`, compiled
+/// in). Rows are checked and encoded by `form_model::avro_encode`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableCodec;
 
 impl TableCodec {
     pub(crate) fn load_default() -> anyhow::Result<Self> {
         for t in Table::ALL {
-            let _ = t.model().schema();
+            let _ = form_model::avro::Table::from(t).schema();
         }
         Ok(Self)
     }
 
     pub(crate) fn schema(&self, table: Table) -> &'static Schema {
-        table.model().schema()
-    }
-
-    /// Converts and checks a row: a column the schema lacks, a missing required column or a
-    /// value of the wrong type is a mismatch naming the table and column.
-    pub(crate) fn convert(
-        self,
-        table: Table,
-        row: Row,
-    ) -> Result<Value, form_model::avro::SchemaMismatch> {
-        form_model::avro::row_to_value(table.model(), row)
+        form_model::avro::Table::from(table).schema()
     }
 }
 
-impl Table {
-    fn model(self) -> form_model::avro::Table {
-        match self {
-            Table::Form => form_model::avro::Table::Form,
-            Table::FormField => form_model::avro::Table::FormField,
+impl From<Table> for form_model::avro::Table {
+    fn from(t: Table) -> Self {
+        match t {
+            Table::Form => Self::Form,
+            Table::FormField => Self::FormField,
+        }
+    }
+}
+
+impl From<form_model::avro::Table> for Table {
+    fn from(t: form_model::avro::Table) -> Self {
+        match t {
+            form_model::avro::Table::Form => Self::Form,
+            form_model::avro::Table::FormField => Self::FormField,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The Avro side (feature `avro`, host only): the two table schemas, embedded from
 //! `config/*.avsc`, and rows → `apache_avro` values, checked column by column.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use apache_avro::Schema;
@@ -41,7 +43,7 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::String => "a string",
             Self::Boolean => "a boolean",
@@ -67,6 +69,31 @@ pub struct Column {
 struct TableSchema {
     schema: Schema,
     columns: Vec<Column>,
+    /// Column name → position, for the streaming encoder.
+    index: HashMap<String, usize, BuildHasherDefault<Fnv>>,
+}
+
+/// FNV-1a: column names are short and trusted (our schemas), SipHash is not needed.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 impl Table {
@@ -104,6 +131,20 @@ impl Table {
         &self.table_schema().columns
     }
 
+    /// The position of column `name` in [`Table::columns`].
+    pub fn column_index(self, name: &str) -> Option<usize> {
+        self.table_schema().index.get(name).copied()
+    }
+
+    /// The timestamp column that dates a row (its object key's `event_date`):
+    /// `event_happened_at` (form) or `form_event_happened_at` (form_field).
+    pub fn date_column(self) -> &'static str {
+        match self {
+            Self::Form => "event_happened_at",
+            Self::FormField => "form_event_happened_at",
+        }
+    }
+
     fn table_schema(self) -> &'static TableSchema {
         static FORM: OnceLock<TableSchema> = OnceLock::new();
         static FORM_FIELD: OnceLock<TableSchema> = OnceLock::new();
@@ -117,7 +158,16 @@ impl Table {
                 .unwrap_or_else(|e| panic!("embedded schema of `{}`: {e}", self.name()));
             let columns = columns_of(&schema)
                 .unwrap_or_else(|e| panic!("embedded schema of `{}`: {e}", self.name()));
-            TableSchema { schema, columns }
+            let index = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect();
+            TableSchema {
+                schema,
+                columns,
+                index,
+            }
         })
     }
 }
@@ -205,7 +255,8 @@ pub fn row_to_value(table: Table, mut row: Row) -> Result<AvroValue, SchemaMisma
     let columns = table.columns();
     let mut fields = Vec::with_capacity(columns.len());
     for col in columns {
-        let value = row.swap_remove(&col.name).unwrap_or(Value::Null);
+        // `shift_remove` keeps the order of what is left: the first extra column is reported.
+        let value = row.shift_remove(&col.name).unwrap_or(Value::Null);
         let mismatch = |problem| SchemaMismatch {
             table: table.name(),
             column: col.name.clone(),

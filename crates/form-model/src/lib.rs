@@ -13,6 +13,8 @@ pub mod golden;
 
 #[cfg(feature = "avro")]
 pub mod avro;
+#[cfg(feature = "avro")]
+pub mod avro_encode;
 
 pub use error::{DlqReason, RecordError};
 pub use event::{DELETED_EVENT_TYPE, EnrichedRecord, Event, Source, validate_api_form};
@@ -21,4 +23,6 @@ pub use flatten::{
     row_event_date,
 };
 pub use seed::{CANARY_RETRIEVED_MICROS, canary_record, seed_enriched};
-pub use time::{TimestampError, format_rfc3339_micros, micros_to_date, parse_timestamp};
+pub use time::{
+    TimestampError, day_to_date, format_rfc3339_micros, micros_to_date, parse_timestamp,
+};

@@ -97,7 +97,11 @@ pub fn parse_timestamp(s: &str) -> Result<i64, TimestampError> {
 
 /// `YYYY-MM-DD` (UTC) of a timestamp in microseconds since the Unix epoch.
 pub fn micros_to_date(micros: i64) -> String {
-    let days = micros.div_euclid(MICROS_PER_SECOND * SECONDS_PER_DAY);
+    day_to_date(micros.div_euclid(MICROS_PER_SECOND * SECONDS_PER_DAY))
+}
+
+/// `YYYY-MM-DD` of a day counted from 1970-01-01 (UTC).
+pub fn day_to_date(days: i64) -> String {
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
