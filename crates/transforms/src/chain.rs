@@ -404,13 +404,12 @@ impl TransformChain {
                 usize::try_from(delta).ok().filter(|&i| i < inputs.len())
             }
         };
-        let mut sm_input =
-            match SmartModuleInput::try_from_records(records, DEFAULT_SMARTENGINE_VERSION) {
-                Ok(i) => i,
-                Err(e) => {
-                    return SubBatch::Trapped(format!("encoding records for the SmartModule: {e}"));
-                }
-            };
+        let mut sm_input = match encode_input(&records) {
+            Ok(i) => i,
+            Err(e) => {
+                return SubBatch::Trapped(format!("encoding records for the SmartModule: {e}"));
+            }
+        };
         sm_input.set_base_offset(base);
         let input_bytes = sm_input.raw_bytes().len();
         let output = match self.current.instance.process(sm_input) {
@@ -581,14 +580,22 @@ fn build(
     })
 }
 
+/// `SmartModuleInput::try_from_records`, with the records encoded by `record-wire` (whole
+/// values copied, not byte by byte; same bytes).
+fn encode_input(records: &[Record]) -> std::io::Result<SmartModuleInput> {
+    let size: usize = records.iter().map(|r| r.value.len() + 32).sum();
+    let mut raw = Vec::with_capacity(size + 4);
+    record_wire::encode_records(&mut raw, records.iter(), DEFAULT_SMARTENGINE_VERSION)?;
+    Ok(SmartModuleInput::new(raw, 0, 0))
+}
+
 /// The canary: the seed case must give one output with one `form` row for `abcde` (with
 /// the seed's event time) and two `form_field` rows. Titles may differ (a module may
 /// legitimately change them).
 fn check_canary(instance: &mut SmartModuleChainInstance) -> Result<(), String> {
     let mut record = Record::new(form_model::canary_record());
     record.key = Some(b"abcde".to_vec().into());
-    let input = SmartModuleInput::try_from_records(vec![record], DEFAULT_SMARTENGINE_VERSION)
-        .map_err(|e| e.to_string())?;
+    let input = encode_input(&[record]).map_err(|e| e.to_string())?;
     let out = instance.process(input).map_err(|e| format!("{e:#}"))?;
     if let Some(err) = out.error {
         return Err(format!(

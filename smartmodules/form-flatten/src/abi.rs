@@ -78,7 +78,11 @@ pub unsafe extern "C" fn map(ptr: *mut u8, len: usize, version: i16) -> i32 {
     let count = output.successes.len() as i32;
     OUTPUT.with_borrow_mut(|out| {
         out.clear();
-        if output.encode(out, version).is_err() {
+        // `SmartModuleOutput`'s encoding: `successes` (by record-wire: values copied whole,
+        // where fluvio-protocol loops over every byte), then `error`.
+        let encoded = record_wire::encode_records(out, output.successes.iter(), version)
+            .and_then(|()| output.error.encode(out, version));
+        if encoded.is_err() {
             return SmartModuleTransformErrorStatus::EncodingOutput as i32;
         }
         drop(output);
