@@ -7,6 +7,7 @@
 //! parts in any order), and what is left becomes the last part. Memory per open file stays below
 //! two parts plus one Avro block, whatever the file size.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use apache_avro::{Codec, Schema, Writer, types::Value};
@@ -20,6 +21,32 @@ pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
 pub(crate) enum EncodeError {
     #[error("encoding an Avro block: {0}")]
     Avro(#[from] apache_avro::Error),
+    #[error("zstd-compressing an Avro block: {0}")]
+    Zstd(#[from] std::io::Error),
+}
+
+thread_local! {
+    /// One zstd context per thread and level, reused for every block: apache-avro's codec
+    /// builds (and zeroes) a new one per block, which cost more than the compression itself.
+    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+/// Compresses one block's datums in place, as `codec` does (same format: one zstd frame, no
+/// checksum; the other codecs are apache-avro's own).
+fn compress(codec: Codec, data: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let Codec::Zstandard(settings) = codec else {
+        codec.compress(data)?;
+        return Ok(());
+    };
+    let level = i32::from(settings.compression_level);
+    ZSTD.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, compressor) = slot.as_mut().expect("set above");
+        *data = compressor.compress(data)?;
+        Ok(())
+    })
 }
 
 /// One open Avro file.
@@ -94,7 +121,7 @@ impl FileEncoder {
         }
         let mut data = std::mem::take(&mut self.block);
         let uncompressed = data.capacity();
-        self.codec.compress(&mut data)?;
+        compress(self.codec, &mut data)?;
         let out = if self.head.len() < self.part_size {
             &mut self.head
         } else {
