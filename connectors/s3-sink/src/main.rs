@@ -112,7 +112,7 @@ async fn run(cfg: SinkConfig, args: CommonArgs) -> anyhow::Result<()> {
     });
     // Before Kafka or S3: a missing or broken module is a start-up error saying what to do.
     let transform: Box<dyn transform::Transform> =
-        Box::new(transform::load_chain(&cfg.transforms, true)?);
+        Box::new(transform::ParallelChain::load(&cfg.transforms)?);
     let opts = sink::RunOptions {
         max_records: args.max_records,
     };

@@ -24,8 +24,8 @@ use crate::keys::object_key;
 use crate::rolling::{FileSize, RollReason, RollingPolicy};
 use crate::tables::{Table, TableCodec};
 use crate::transform::Transform;
-use form_model::avro_encode::{EncodeError, EncodedRows, encode_output};
-use form_transforms::{Input, Output};
+use form_model::avro_encode::EncodedRows;
+use form_transforms::Input;
 
 /// One consumed record.
 #[derive(Debug, Clone)]
@@ -228,8 +228,6 @@ pub(crate) struct Pipeline {
     next_file_id: u64,
     /// The chain's generation when the open segments got their rows.
     generation: u64,
-    /// The rows of the record being handled (reused: no allocation per record).
-    scratch: EncodedRows,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -257,7 +255,6 @@ impl Pipeline {
             transform,
             inflight,
             next_file_id: 0,
-            scratch: EncodedRows::default(),
         }
     }
 
@@ -399,7 +396,7 @@ impl Pipeline {
                     offset: r.offset,
                 })
                 .collect();
-            self.transform.process(&inputs)
+            self.transform.prepare(&inputs)
         };
         anyhow::ensure!(
             outputs.len() == records.len(),
@@ -415,16 +412,11 @@ impl Pipeline {
         let digests = self.transform.digests();
         let mut touched = BTreeSet::new();
         let mut rows_by_table = [0u64; 2];
-        let mut rows = std::mem::take(&mut self.scratch);
-        for (rec, out) in records.into_iter().zip(outputs) {
+        let none = EncodedRows::default();
+        for (rec, prepared) in records.into_iter().zip(outputs) {
             touched.insert(rec.partition);
-            rows.clear();
-            let encoded = match out {
-                Err(e) => Err((DlqReason::TransformError, e.message)),
-                Ok(outs) => encode_rows(&outs, &mut rows),
-            };
-            match encoded {
-                Ok(()) => {
+            match prepared {
+                Ok(rows) => {
                     for r in &rows.rows {
                         rows_by_table[r.table as usize] += 1;
                     }
@@ -449,12 +441,10 @@ impl Pipeline {
                     if !self.emit(ev) {
                         return Ok(false);
                     }
-                    rows.clear();
-                    self.accept(&rec, &rows, &digests)?;
+                    self.accept(&rec, &none, &digests)?;
                 }
             }
         }
-        self.scratch = rows;
         for t in Table::ALL {
             metrics::counter!("s3_sink_rows_total", "table" => t.as_str())
                 .increment(rows_by_table[t as usize]);
@@ -729,22 +719,6 @@ impl Pipeline {
             flushed.push(p);
         }
     }
-}
-
-/// The rows of one record's transform outputs, encoded and checked: all of them or a dead
-/// letter (`rows` is left empty then).
-fn encode_rows(outputs: &[Output], rows: &mut EncodedRows) -> Result<(), (DlqReason, String)> {
-    for o in outputs {
-        if let Err(e) = encode_output(&o.value, rows) {
-            rows.clear();
-            let reason = match e {
-                EncodeError::NotRows(_) => DlqReason::TransformError,
-                EncodeError::Mismatch(_) => DlqReason::SchemaMismatch,
-            };
-            return Err((reason, e.to_string()));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,12 +26,25 @@
 //!   run that the replay does not overwrite. `form-flatten` versions keep table and date.
 
 use anyhow::Context as _;
+use connector_common::dlq::DlqReason;
+use form_model::avro_encode::{EncodeError, EncodedRows, encode_output};
 use form_transforms::{ChainOptions, Input, Output, TransformChain, TransformError, TransformStep};
+use tracing::{info, warn};
+
+/// One record's rows, encoded and checked (all of them), or why it goes to the dead-letter
+/// queue.
+pub(crate) type Prepared = Result<EncodedRows, (DlqReason, String)>;
 
 /// A synchronous transform chain (runs on the pipeline thread).
 pub(crate) trait Transform: Send {
     /// One result per input, in order: the output records, or why the chain refused it.
     fn process(&mut self, inputs: &[Input<'_>]) -> Vec<Result<Vec<Output>, TransformError>>;
+
+    /// Transforms and encodes `inputs`: one result per input, in order. The default runs on
+    /// the calling thread; [`ParallelChain`] splits the batch over two threads.
+    fn prepare(&mut self, inputs: &[Input<'_>]) -> Vec<Prepared> {
+        prepare_with(self, inputs)
+    }
 
     /// `(uses, sha256)` of every module currently in the chain (recorded in each file).
     fn digests(&self) -> Vec<(String, String)>;
@@ -83,6 +96,172 @@ pub(crate) fn load_chain(steps: &[TransformStep], watch: bool) -> anyhow::Result
         ..ChainOptions::default()
     };
     TransformChain::new(steps, options).context("`transforms`: loading the SmartModule chain")
+}
+
+/// Transforms `inputs` with `t` and encodes each record's outputs.
+fn prepare_with<T: Transform + ?Sized>(t: &mut T, inputs: &[Input<'_>]) -> Vec<Prepared> {
+    t.process(inputs)
+        .into_iter()
+        .map(|out| match out {
+            Err(e) => Err((DlqReason::TransformError, e.message)),
+            Ok(outs) => {
+                let mut rows = EncodedRows::default();
+                encode_rows(&outs, &mut rows).map(|()| rows)
+            }
+        })
+        .collect()
+}
+
+/// The rows of one record's transform outputs, encoded and checked: all of them or a dead
+/// letter.
+pub(crate) fn encode_rows(
+    outputs: &[Output],
+    rows: &mut EncodedRows,
+) -> Result<(), (DlqReason, String)> {
+    for o in outputs {
+        if let Err(e) = encode_output(&o.value, rows) {
+            rows.clear();
+            let reason = match e {
+                EncodeError::NotRows(_) => DlqReason::TransformError,
+                EncodeError::Mismatch(_) => DlqReason::SchemaMismatch,
+            };
+            return Err((reason, e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Batches smaller than this run on one thread (a thread hand-off costs more than it saves).
+const PARALLEL_MIN_RECORDS: usize = 64;
+
+/// The sink's chain: the watched chain, plus a second instance of the same modules that
+/// transforms and encodes the second half of each batch on another thread (the records of a
+/// batch are independent; the WASM call and the row encoding are most of the sink's CPU).
+///
+/// Both halves always run the same module bytes: the helper is rebuilt from the files
+/// whenever the watched chain swaps, and used only if its sha256s equal the watched chain's.
+/// A swap that lands inside a batch (at the start of the watched chain's call) makes the
+/// second half run again on the watched chain, so one batch never mixes module versions.
+pub(crate) struct ParallelChain {
+    main: TransformChain,
+    steps: Vec<TransformStep>,
+    helper: Option<TransformChain>,
+    /// The watched chain's generation the helper was last built (or tried) for.
+    helper_generation: Option<u64>,
+}
+
+impl ParallelChain {
+    /// The watched chain, with a helper if this machine has more than one core.
+    pub(crate) fn load(steps: &[TransformStep]) -> anyhow::Result<Self> {
+        let main = load_chain(steps, true)?;
+        let mut chain = Self {
+            main,
+            steps: steps.to_vec(),
+            helper: None,
+            helper_generation: None,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if cores < 2 {
+            info!("One core: the transform chain runs on the pipeline thread only.");
+            chain.helper_generation = Some(u64::MAX);
+        } else {
+            chain.helper_ready();
+        }
+        Ok(chain)
+    }
+
+    /// Whether the helper runs the watched chain's modules, (re)building it once per
+    /// generation.
+    fn helper_ready(&mut self) -> bool {
+        if self.helper_generation == Some(u64::MAX) {
+            return false;
+        }
+        let generation = self.main.generation();
+        if self.helper_generation != Some(generation) {
+            self.helper_generation = Some(generation);
+            self.helper = None;
+            let options = ChainOptions {
+                watch: false,
+                ..ChainOptions::default()
+            };
+            match TransformChain::new(&self.steps, options) {
+                Ok(h) if same_modules(&h, &self.main) => self.helper = Some(h),
+                Ok(_) => warn!(
+                    "The module files changed again while the helper instance loaded: the \
+                     transforms run on one thread until the next swap."
+                ),
+                Err(e) => warn!(
+                    error = %format!("{e:#}"),
+                    "Could not load a second instance of the transforms: they run on one \
+                     thread until the next swap."
+                ),
+            }
+        }
+        self.helper.is_some()
+    }
+}
+
+fn same_modules(a: &TransformChain, b: &TransformChain) -> bool {
+    let sums = |c: &TransformChain| {
+        c.module_digests()
+            .iter()
+            .map(|d| d.sha256.clone())
+            .collect::<Vec<_>>()
+    };
+    sums(a) == sums(b)
+}
+
+impl Transform for ParallelChain {
+    fn process(&mut self, inputs: &[Input<'_>]) -> Vec<Result<Vec<Output>, TransformError>> {
+        self.main.process(inputs)
+    }
+
+    fn prepare(&mut self, inputs: &[Input<'_>]) -> Vec<Prepared> {
+        self.main.apply_pending();
+        if inputs.len() < PARALLEL_MIN_RECORDS || !self.helper_ready() {
+            return prepare_with(&mut self.main, inputs);
+        }
+        let generation = self.main.generation();
+        let (first, second) = inputs.split_at(inputs.len() / 2);
+        let Self { main, helper, .. } = self;
+        let helper = helper.as_mut().expect("helper_ready");
+        let (mut prepared, rest) = std::thread::scope(|s| {
+            let other = std::thread::Builder::new()
+                .name("pipeline-helper".into())
+                .spawn_scoped(s, || prepare_with(helper, second));
+            let first = prepare_with(main, first);
+            let rest = match other {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                // No thread: this one does the second half too.
+                Err(_) => prepare_with(main, second),
+            };
+            (first, rest)
+        });
+        if main.generation() == generation {
+            prepared.extend(rest);
+        } else {
+            // Swapped at the start of the first half's call: the second half ran the old
+            // module. Run it again on the new one.
+            prepared.extend(prepare_with(main, second));
+        }
+        prepared
+    }
+
+    fn digests(&self) -> Vec<(String, String)> {
+        self.main.digests()
+    }
+
+    fn generation(&self) -> u64 {
+        TransformChain::generation(&self.main)
+    }
+
+    fn apply_pending(&mut self) {
+        TransformChain::apply_pending(&mut self.main);
+    }
+
+    fn rejections(&self) -> u64 {
+        TransformChain::rejections(&self.main).0
+    }
 }
 
 #[cfg(test)]
