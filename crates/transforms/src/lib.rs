@@ -4,6 +4,8 @@ mod chain;
 mod config;
 mod error;
 mod resolve;
+#[cfg(feature = "test-support")]
+pub mod variants;
 
 pub use chain::{
     ChainOptions, DEFAULT_POLL_INTERVAL, DEFAULT_REBUILD_EVERY_RECORDS, Input,

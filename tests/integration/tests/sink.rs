@@ -414,36 +414,11 @@ fn flatten_wasm() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Builds form-flatten with `feature` the way form-transforms' tests do (its own target dir)
-/// and copies the module to `dest`.
+/// Builds form-flatten with `feature` (form-transforms' test support) and copies the module
+/// to `dest`.
 fn build_variant(feature: &str, dest: &Path) -> Result<()> {
-    let target_dir = root().join("target/form-flatten-variants");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .current_dir(root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--manifest-path",
-            "smartmodules/form-flatten/Cargo.toml",
-            "--features",
-            feature,
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .status()
-        .context("running cargo")?;
-    anyhow::ensure!(
-        status.success(),
-        "building form-flatten --features {feature}"
-    );
-    std::fs::copy(
-        target_dir.join("wasm32-unknown-unknown/release/form_flatten.wasm"),
-        dest,
-    )?;
-    Ok(())
+    form_transforms::variants::build_flatten_variant(&root(), feature, dest)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Replaces `dest` in one step (a rename), as a deployment would.

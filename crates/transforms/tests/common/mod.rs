@@ -3,7 +3,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use form_transforms::resolve_module_from;
 
@@ -26,37 +25,10 @@ pub fn flatten_wasm() -> PathBuf {
     }
 }
 
-/// Builds the form-flatten SmartModule with `feature` into its own target dir and copies
-/// the result to `dest`.
+/// Builds the form-flatten SmartModule with `feature` and copies the result to `dest`.
 pub fn build_variant(feature: &str, dest: &Path) {
-    let root = workspace_root();
-    let target_dir = root.join("target/form-flatten-variants");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--manifest-path",
-            "smartmodules/form-flatten/Cargo.toml",
-            "--features",
-            feature,
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .status()
-        .expect("running cargo");
-    assert!(
-        status.success(),
-        "building form-flatten --features {feature} failed"
-    );
-    std::fs::copy(
-        target_dir.join("wasm32-unknown-unknown/release/form_flatten.wasm"),
-        dest,
-    )
-    .unwrap();
+    form_transforms::variants::build_flatten_variant(&workspace_root(), feature, dest)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A valid enriched record for form `f-{n}` titled `Title {n} é` with `fields` fields
