@@ -8,6 +8,7 @@
 //!   (5xx, 408, 429, timeouts, connection errors) for ever with backoff and jitter, and store
 //!   their answer in the cache when done, whether or not anyone still waits for them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +19,17 @@ use connector_common::retry::{ErrorClass, RetryPolicy, classify_http_status};
 use connector_common::telemetry::Health;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use serde_json::Value;
+use tower::limit::ConcurrencyLimitLayer;
 use tracing::{debug, warn};
 
 use crate::config::EnrichConfig;
+
+/// Connections being opened at once (the rest of the requests wait for one, or for a pooled
+/// connection to come free). Far below a listen backlog (Linux's default `somaxconn` 4096,
+/// tokio's 1024) yet enough to open hundreds of local connections in milliseconds.
+const MAX_CONNECTING: usize = 32;
 
 /// The API's answer for one form id.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +49,8 @@ pub struct Fetched {
     pub answer: Answer,
     /// `Date` header of the answer, else the local clock: microseconds since the epoch.
     pub retrieved_micros: i64,
+    /// `retrieved_micros` as RFC 3339 UTC text (`retrieved_timestamp` of the enriched record).
+    pub retrieved_text: Box<str>,
     /// Local instant of the answer (for the TTL).
     pub at: Instant,
 }
@@ -70,6 +79,9 @@ impl std::fmt::Debug for Enricher {
 struct Inner {
     client: reqwest::Client,
     base: String,
+    /// `base` parsed once (a request only sets the path: no URL parsing per request).
+    base_url: reqwest::Url,
+    base_path: String,
     token: Option<Secret>,
     timeout: Duration,
     retry: RetryPolicy,
@@ -79,20 +91,37 @@ struct Inner {
     next_id: AtomicU64,
     consecutive_failures: AtomicU64,
     health: Health,
+    hits: Counter,
+    coalesced: Counter,
+    misses: Counter,
+    responses_200: Counter,
+    request_duration: Histogram,
 }
 
 impl Enricher {
     /// A client for `cfg` (pooled connections, rustls).
     pub fn new(cfg: &EnrichConfig, health: Health) -> anyhow::Result<Self> {
+        // Every request of a full window may hold a connection: keep them all idle between
+        // windows (a smaller pool closes most after each burst and reopens them, leaving
+        // thousands of sockets in TIME-WAIT and overflowing the server's accept queue).
+        // New connections are opened a few at a time: a window of cache misses at start would
+        // otherwise open `concurrency` connections at once, overflow the server's accept queue
+        // and wait a SYN retransmission (1 s). Requests meanwhile reuse connections freed by
+        // others; the pool still grows to what the load needs.
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(cfg.concurrency.min(256))
+            .http1_only()
+            .pool_max_idle_per_host(cfg.concurrency)
             .connect_timeout(cfg.timeout)
+            .connector_layer(ConcurrencyLimitLayer::new(MAX_CONNECTING))
             .tcp_nodelay(true)
             .build()?;
         let base = format!("{}/internal.forms/", cfg.uri.as_str().trim_end_matches('/'));
+        let base_url = reqwest::Url::parse(&base)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                base_path: base_url.path().to_owned(),
+                base_url,
                 base,
                 token: cfg.token.clone(),
                 timeout: cfg.timeout,
@@ -103,8 +132,28 @@ impl Enricher {
                 next_id: AtomicU64::new(0),
                 consecutive_failures: AtomicU64::new(0),
                 health,
+                hits: counter!("enrich_cache_lookups_total", "result" => "hit"),
+                coalesced: counter!("enrich_cache_lookups_total", "result" => "coalesced"),
+                misses: counter!("enrich_cache_lookups_total", "result" => "miss"),
+                responses_200: counter!("forms_api_responses_total", "status" => "200"),
+                request_duration: histogram!("forms_api_request_duration_seconds"),
             }),
         })
+    }
+
+    /// The cached form `id` if it may serve an event that happened at `happened_micros`
+    /// (the fast path of [`Enricher::lookup`], without a future).
+    pub fn lookup_cached(&self, id: &str, happened_micros: i64) -> Option<Arc<Fetched>> {
+        let slots = self.inner.slots.lock().expect("cache lock");
+        match slots.get(id) {
+            Some(Slot::Ready(f))
+                if f.retrieved_micros >= happened_micros && f.at.elapsed() < self.inner.ttl =>
+            {
+                self.inner.hits.increment(1);
+                Some(f.clone())
+            }
+            _ => None,
+        }
     }
 
     /// The form `id` as of an event that happened at `happened_micros`.
@@ -115,15 +164,15 @@ impl Enricher {
                 Some(Slot::Ready(f))
                     if f.retrieved_micros >= happened_micros && f.at.elapsed() < self.inner.ttl =>
                 {
-                    counter!("enrich_cache_lookups_total", "result" => "hit").increment(1);
+                    self.inner.hits.increment(1);
                     return f.clone();
                 }
                 Some(Slot::Loading { fut, .. }) => {
-                    counter!("enrich_cache_lookups_total", "result" => "coalesced").increment(1);
+                    self.inner.coalesced.increment(1);
                     Some(fut.clone())
                 }
                 _ => {
-                    counter!("enrich_cache_lookups_total", "result" => "miss").increment(1);
+                    self.inner.misses.increment(1);
                     None
                 }
             }
@@ -143,7 +192,7 @@ impl Enricher {
                 }
                 Some(Slot::Loading { fut, .. }) if !fut.ptr_eq(&joined) => fut.clone(),
                 _ => {
-                    counter!("enrich_cache_lookups_total", "result" => "miss").increment(1);
+                    self.inner.misses.increment(1);
                     self.start_fetch(&mut slots, id)
                 }
             }
@@ -244,8 +293,9 @@ impl Inner {
 
     /// One request: `Ok` for a definite answer, `Err` (transient, with why) to retry.
     async fn fetch_once(&self, id: &str) -> Result<Fetched, String> {
-        let url = format!("{}{}", self.base, encode_path_segment(id));
-        let mut req = self.client.get(&url).timeout(self.timeout);
+        let mut url = self.base_url.clone();
+        url.set_path(&format!("{}{}", self.base_path, encode_path_segment(id)));
+        let mut req = self.client.get(url).timeout(self.timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t.expose());
         }
@@ -262,7 +312,8 @@ impl Inner {
             Ok::<_, reqwest::Error>((status, date, body))
         }
         .await;
-        histogram!("forms_api_request_duration_seconds").record(started.elapsed().as_secs_f64());
+        self.request_duration
+            .record(started.elapsed().as_secs_f64());
         let (status, date, body) = match result {
             Ok(x) => x,
             Err(e) => {
@@ -277,12 +328,17 @@ impl Inner {
                 return Err(format!("{kind}: {e}"));
             }
         };
-        counter!("forms_api_responses_total", "status" => status.to_string()).increment(1);
+        if status == 200 {
+            self.responses_200.increment(1);
+        } else {
+            counter!("forms_api_responses_total", "status" => status.to_string()).increment(1);
+        }
         let retrieved_micros = date.unwrap_or_else(now_micros);
         let done = |answer| {
             Ok(Fetched {
                 answer,
                 retrieved_micros,
+                retrieved_text: form_model::format_rfc3339_micros(retrieved_micros).into(),
                 at: Instant::now(),
             })
         };
@@ -298,7 +354,75 @@ impl Inner {
 }
 
 /// Checks an answer body: a JSON form (form-model's rules) whose `id` is the requested one.
+/// The form's text is the body without insignificant whitespace.
 pub fn validate_form(id: &str, body: &[u8]) -> Answer {
+    if let Some(text) = valid_form_fast(id, body) {
+        return Answer::Form(text);
+    }
+    validate_form_slow(id, body)
+}
+
+/// What form-model's `validate_api_form` and [`validate_form`] require of a valid answer,
+/// read without building a `serde_json::Value` (other attributes are skipped unparsed).
+/// Anything else, a duplicate attribute included, fails to deserialize.
+#[derive(serde::Deserialize)]
+struct FormProbe<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    #[allow(dead_code)] // read to check that it is a string
+    title: Cow<'a, str>,
+    #[serde(default, borrow)]
+    fields: Option<Vec<FieldProbe<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FieldProbe<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+}
+
+/// The fast path of [`validate_form`]: `Some(text)` for an answer that is certainly valid,
+/// `None` to let the full check decide (and explain).
+fn valid_form_fast(id: &str, body: &[u8]) -> Option<Arc<str>> {
+    let probe: FormProbe<'_> = serde_json::from_slice(body).ok()?;
+    let fields_ok = probe
+        .fields
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .all(|f| !f.id.is_empty());
+    if probe.id.is_empty() || probe.id != id || !fields_ok {
+        return None;
+    }
+    let text = String::from_utf8(minify_json(body)).ok()?;
+    Some(Arc::from(text))
+}
+
+/// Removes whitespace outside strings from valid JSON text.
+fn minify_json(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            out.push(b);
+            in_string = b == b'"';
+        }
+    }
+    out
+}
+
+/// The full check, with form-model's messages.
+fn validate_form_slow(id: &str, body: &[u8]) -> Answer {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
@@ -365,6 +489,35 @@ mod tests {
             validate_form("a", br#"{ "id": "a", "title": "t" }"#),
             Answer::Form(Arc::from(r#"{"id":"a","title":"t"}"#))
         );
+        assert!(
+            matches!(validate_form("a", br#"{"id":"","title":"t"}"#), Answer::Invalid(d) if d.contains("non-empty"))
+        );
+        assert!(
+            matches!(validate_form("a", br#"{"id":"a","title":null}"#), Answer::Invalid(d) if d.contains("title"))
+        );
+        assert!(
+            matches!(validate_form("a", br#"{"id":"a","title":"t","fields":[{"id":""}]}"#), Answer::Invalid(d) if d.contains("fields[0]"))
+        );
+        assert!(
+            matches!(validate_form("a", br#"{"id":"a","title":"t","fields":{}}"#), Answer::Invalid(d) if d.contains("array"))
+        );
+        assert!(
+            matches!(validate_form("a", br#"{"id":"a","title":"t"} x"#), Answer::Invalid(d) if d.contains("not JSON"))
+        );
+        // The fast path and the full check agree on valid answers.
+        for body in [
+            &br#"{"id":"a","title":"t \" \\ x","fields":[{"id":"f","properties":{"choices":[1, 2.5, true, null]}}],"x":{"y":[]}}"#[..],
+            br#" { "id" : "a" , "title" : "\u00e9 t\ta" , "fields" : null } "#,
+            "{\n  \"id\": \"a\",\n  \"title\": \"Žluťoučký kůň\"\n}\n".as_bytes(),
+        ] {
+            let fast = valid_form_fast("a", body).expect("valid");
+            let slow: Value = serde_json::from_str(&fast).expect("JSON");
+            assert_eq!(slow, serde_json::from_slice::<Value>(body).unwrap());
+            // Escapes are kept as the API wrote them; the rest is the same text.
+            if !String::from_utf8_lossy(body).contains("\\u") {
+                assert_eq!(Answer::Form(fast), validate_form_slow("a", body));
+            }
+        }
     }
 
     #[test]
