@@ -113,11 +113,19 @@ pub struct SourceOptions {
     pub transactional_id_prefix: Option<String>,
 }
 
+/// Default transaction size: a commit costs a few round trips plus the wait for the last
+/// produced batches whatever its size, so it is amortised over many records (measured on the
+/// local cluster: 5,000 records / 100 ms spent over half the time committing; 50,000 / 1 s a
+/// few percent). A crash or a rebalance redoes at most this much.
+const DEFAULT_COMMIT_MAX_RECORDS: usize = 50_000;
+/// Default longest transaction: how late `read_committed` consumers see a record at worst.
+const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Default for SourceOptions {
     fn default() -> Self {
         Self {
-            commit_max_records: 5_000,
-            commit_interval: Duration::from_millis(100),
+            commit_max_records: DEFAULT_COMMIT_MAX_RECORDS,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
             // librdkafka's default is 60 s; shorter lets a restart after kill -9 go on sooner.
             transaction_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),

@@ -2,17 +2,32 @@
 //! concurrency, produce to `form.enriched` / the DLQ and commit the consumed offsets in the
 //! same Kafka transaction (EOS v2, KIP-447).
 //!
-//! One task owns the consumer and the producer. Rebalance callbacks run inside
-//! `consumer.recv()` (librdkafka serves them from the poll call), i.e. in this task between
-//! two steps of the loop: on a revoke the callback aborts the open transaction and bumps the
-//! epoch; the loop then drops every in-flight or pending result of the old epoch, so work for
-//! revoked partitions is neither committed twice nor lost (the next owner resumes from the
-//! committed offset). The group protocol is eager (config refuses cooperative strategies), so
-//! a revoke always covers every partition and nothing needs rewinding.
+//! One task owns the consumer and the producer; one transaction is open at a time, and the
+//! next one begins only after the previous commit returned, so offset commits land in order.
+//! A commit (`send_offsets_to_transaction` + `commit_transaction`, tens of milliseconds) runs
+//! on a blocking thread: meanwhile the loop keeps consuming and enriching, and holds the
+//! finished records (bounded) until the commit is done, then produces them into the next
+//! transaction. `init_transactions` runs the same way at start, while the group is joined.
+//!
+//! Flow control: the loop stops taking records from the consumer while the enrichment window
+//! (`enrich.concurrency`) or the buffer of finished records is full, and takes the next one as
+//! soon as a slot frees (librdkafka keeps prefetching meanwhile, within its queue bounds). Only
+//! a window that stays full (the API is slow or down) pauses the consumer, which keeps being
+//! polled so that rebalances and statistics are served, and resumes at half the window.
+//!
+//! Rebalance callbacks run inside `consumer.recv()` (librdkafka serves them from the poll
+//! call), i.e. in this task between two steps of the loop: on a revoke the callback first waits
+//! for a running commit (so offsets are never committed for partitions already handed over),
+//! then aborts the open transaction and bumps the epoch; the loop then drops every in-flight,
+//! finished or pending result of the old epoch, so work for revoked partitions is neither
+//! committed twice nor lost (the next owner resumes from the committed offset). The group
+//! protocol is eager (config refuses cooperative strategies), so a revoke always covers every
+//! partition and nothing needs rewinding.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,15 +38,18 @@ use connector_common::telemetry::{Health, RateCounter};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use metrics::{counter, gauge};
+use metrics::{Counter, counter, gauge};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config::SourceConfig;
@@ -39,6 +57,29 @@ use crate::enrich::{Answer, Enricher, Fetched};
 
 /// Timeout of blocking transaction calls (commit, abort, send offsets).
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A window full for this long means the API is slow or down: the consumer is then paused
+/// (and kept polled for rebalances) instead of merely not being read, so that it does not
+/// go silent for `max.poll.interval.ms`.
+const PAUSE_WHEN_FULL_FOR: Duration = Duration::from_secs(1);
+/// Enriched records held while the previous transaction commits (about 1.7 KB each in the
+/// bench: ~28 MB); at ~80k records/s it covers a 200 ms commit.
+const READY_MAX: usize = 16_384;
+/// Produced records not yet acknowledged by the broker (librdkafka's default is 100,000: up to
+/// ~170 MB of enriched records when the broker is the bottleneck); a full queue makes the loop
+/// wait, which is the backpressure we want. Overridable in `kafka.properties`.
+const PRODUCER_QUEUE_MAX_MESSAGES: &str = "20000";
+/// Prefetched records per partition (librdkafka's default, 100,000, prefetches whole topics
+/// of small events: tens of MB); enough for a fraction of a second at any rate we reach.
+/// Overridable in `kafka.properties`.
+const CONSUMER_QUEUED_MIN_MESSAGES: &str = "20000";
+/// Prefetched bytes in all (librdkafka's default is 64 MiB). Overridable in `kafka.properties`.
+const CONSUMER_QUEUED_MAX_KBYTES: &str = "16384";
+/// How soon a partition whose prefetch queue was full is fetched again (librdkafka's default,
+/// 1 s, caps the rate at one queue-full per partition per second once the queue bounds above
+/// are reached). Overridable in `kafka.properties`.
+const CONSUMER_FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// Housekeeping period: gauges, batched counters, the pause check, the commit interval.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Counters shared with the progress line.
 #[derive(Debug, Default)]
@@ -59,16 +100,39 @@ pub struct Stats {
     pub paused: AtomicBool,
 }
 
+/// The transaction state shared by the loop, the commit thread and the rebalance callback.
+struct Txn {
+    producer: Arc<FutureProducer>,
+    /// A transaction is open (begun, neither committed nor aborted).
+    open: AtomicBool,
+    /// Held by a commit from its first call to its end, and by a revoke while it aborts: a
+    /// revoke waits for a running commit before the partitions are handed over.
+    lock: Mutex<()>,
+    /// Offsets committed by our transactions, per partition (for the lag).
+    committed: Mutex<HashMap<i32, i64>>,
+}
+
+impl Txn {
+    /// Aborts the open transaction, if any. The caller holds `lock`.
+    fn abort_open(&self, why: &str) -> Result<(), KafkaError> {
+        if self.open.swap(false, Ordering::SeqCst) {
+            counter!("kafka_source_transactions_total", "result" => "aborted").increment(1);
+            if let Err(e) = self.producer.abort_transaction(TXN_CALL_TIMEOUT) {
+                error!(error = %e, why, "Aborting the transaction failed.");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The consumer context: aborts the open transaction on revoke, reports lag.
 struct Ctx {
-    producer: Arc<FutureProducer>,
-    txn_open: AtomicBool,
+    txn: Arc<Txn>,
     epoch: AtomicU64,
-    fatal: std::sync::Mutex<Option<String>>,
+    fatal: Mutex<Option<String>>,
     input_topic: String,
     stats: Arc<Stats>,
-    /// Offsets committed by our transactions, per partition (for the lag).
-    committed: std::sync::Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for Ctx {
@@ -77,7 +141,7 @@ impl ClientContext for Ctx {
         // through the producer, which librdkafka's own `consumer_lag` does not see; and while
         // paused it stops computing it).
         if let Some(t) = s.topics.get(&self.input_topic) {
-            let committed = self.committed.lock().expect("committed lock");
+            let committed = self.txn.committed.lock().expect("committed lock");
             let lag: i64 = t
                 .partitions
                 .iter()
@@ -109,8 +173,15 @@ impl ConsumerContext for Ctx {
                     partitions = tpl.count(),
                     "Partitions revoked: aborting the open transaction, dropping in-flight work."
                 );
-                self.abort_open("revoke");
-                self.committed.lock().expect("committed lock").clear();
+                {
+                    // Waits for a running commit: its offsets land before the hand-over.
+                    let _commit = self.txn.lock.lock().expect("txn lock");
+                    if let Err(e) = self.txn.abort_open("revoke") {
+                        *self.fatal.lock().expect("fatal lock") =
+                            Some(format!("aborting the transaction (revoke): {e}"));
+                    }
+                    self.txn.committed.lock().expect("committed lock").clear();
+                }
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 counter!("kafka_source_rebalances_total", "kind" => "revoke").increment(1);
             }
@@ -121,19 +192,6 @@ impl ConsumerContext for Ctx {
                 counter!("kafka_source_rebalances_total", "kind" => "assign").increment(1);
             }
             Rebalance::Error(e) => warn!(error = %e, "Rebalance error."),
-        }
-    }
-}
-
-impl Ctx {
-    fn abort_open(&self, why: &str) {
-        if self.txn_open.swap(false, Ordering::SeqCst) {
-            counter!("kafka_source_transactions_total", "result" => "aborted").increment(1);
-            if let Err(e) = self.producer.abort_transaction(TXN_CALL_TIMEOUT) {
-                error!(error = %e, why, "Aborting the transaction failed.");
-                *self.fatal.lock().expect("fatal lock") =
-                    Some(format!("aborting the transaction ({why}): {e}"));
-            }
         }
     }
 }
@@ -154,6 +212,12 @@ struct Processed {
     output: Output,
 }
 
+/// A consumed record: done at once (invalid, or its form cached), or waiting for the API.
+enum Step {
+    Done(Processed),
+    Wait(BoxFuture<'static, Processed>),
+}
+
 /// Records produced in the open transaction, not yet committed.
 #[derive(Default)]
 struct Pending {
@@ -162,6 +226,43 @@ struct Pending {
     enriched: u64,
     dead: HashMap<DlqReason, u64>,
     since: Option<Instant>,
+}
+
+/// A commit (or the initialisation of transactions) running on a blocking thread.
+struct Committing {
+    handle: JoinHandle<CommitOutcome>,
+    batch: Pending,
+    started: Instant,
+    /// `init_transactions`, not a commit.
+    init: bool,
+    transactional_id: String,
+}
+
+enum CommitOutcome {
+    Committed,
+    /// A revoke aborted the transaction before the commit could start.
+    Aborted,
+    /// Failed and aborted: positions must be rewound to the committed offsets.
+    Failed(KafkaError),
+    Fatal(anyhow::Error),
+}
+
+/// Where the records go, and the constant parts of an enriched record.
+struct Route {
+    output_topic: String,
+    dlq_topic: String,
+    connector: String,
+    input_topic: String,
+    /// `,"source":{"topic":<input topic as JSON>,"partition":`
+    source_prefix: Arc<[u8]>,
+}
+
+/// Metric handles used per batch.
+struct Meters {
+    received: Counter,
+    committed_txns: Counter,
+    enriched: Counter,
+    committed_records: Counter,
 }
 
 /// Runs the connector until shutdown or `--max-records`.
@@ -174,9 +275,22 @@ pub async fn run(
     max_records: Option<u64>,
 ) -> anyhow::Result<()> {
     let input_topic = cfg.kafka.topic.clone();
-    let output_topic = cfg.output_topic().to_owned();
-    let dlq_topic = cfg.dlq.topic.clone();
-    let connector = cfg.meta.name.clone();
+    let mut source_prefix = b",\"source\":{\"topic\":".to_vec();
+    serde_json::to_writer(&mut source_prefix, &input_topic).expect("a string serializes");
+    source_prefix.extend_from_slice(b",\"partition\":");
+    let route = Route {
+        output_topic: cfg.output_topic().to_owned(),
+        dlq_topic: cfg.dlq.topic.clone(),
+        connector: cfg.meta.name.clone(),
+        input_topic: input_topic.clone(),
+        source_prefix: source_prefix.into(),
+    };
+    let meters = Meters {
+        received: counter!("kafka_source_events_received_total"),
+        committed_txns: counter!("kafka_source_transactions_total", "result" => "committed"),
+        enriched: counter!("kafka_source_events_enriched_total"),
+        committed_records: counter!("kafka_source_committed_records_total"),
+    };
 
     // Producer: transactional, one id per process (EOS v2 fences zombies through the group).
     let prefix = cfg
@@ -190,7 +304,8 @@ pub async fn run(
         rand::random::<u32>()
     );
     let mut pc: ClientConfig = cfg.kafka.client_config();
-    pc.set("linger.ms", "5");
+    pc.set("linger.ms", "5")
+        .set("queue.buffering.max.messages", PRODUCER_QUEUE_MAX_MESSAGES);
     if let Some(p) = &cfg.meta.producer {
         p.apply(&mut pc);
     }
@@ -208,26 +323,25 @@ pub async fn run(
         )
         .set("enable.idempotence", "true");
     let producer: Arc<FutureProducer> = Arc::new(pc.create().context("creating the producer")?);
-    {
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(TXN_CALL_TIMEOUT))
-            .await?
-            .context("initialising transactions")?;
-    }
-    info!(transactional_id = %txn_id, "Transactions initialised.");
-
-    let ctx = Ctx {
+    let txn = Arc::new(Txn {
         producer: producer.clone(),
-        txn_open: AtomicBool::new(false),
+        open: AtomicBool::new(false),
+        lock: Mutex::new(()),
+        committed: Mutex::new(HashMap::new()),
+    });
+    let ctx = Ctx {
+        txn: txn.clone(),
         epoch: AtomicU64::new(0),
-        fatal: std::sync::Mutex::new(None),
+        fatal: Mutex::new(None),
         input_topic: input_topic.clone(),
         stats: stats.clone(),
-        committed: std::sync::Mutex::new(HashMap::new()),
     };
     let mut cc = ClientConfig::new();
     cc.set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        .set("queued.min.messages", CONSUMER_QUEUED_MIN_MESSAGES)
+        .set("queued.max.messages.kbytes", CONSUMER_QUEUED_MAX_KBYTES)
+        .set("fetch.queue.backoff.ms", CONSUMER_FETCH_QUEUE_BACKOFF_MS);
     for (k, v) in cfg.kafka.client_config().config_map() {
         if !is_producer_only(k) {
             cc.set(k, v);
@@ -251,13 +365,21 @@ pub async fn run(
     let commit_max = cfg.source.commit_max_records;
     let commit_interval = cfg.source.commit_interval;
     let mut inflight: FuturesOrdered<BoxFuture<'static, Processed>> = FuturesOrdered::new();
+    // Finished records waiting for the running commit to end.
+    let mut ready: VecDeque<Processed> = VecDeque::new();
     let mut pending = Pending::default();
+    // Transactions are initialised (a few hundred milliseconds) while the group is joined and
+    // the first records are enriched; nothing is produced before.
+    let mut committing: Option<Committing> = Some(start_init(&txn, txn_id));
     let mut epoch = consumer.context().epoch.load(Ordering::SeqCst);
     let mut paused = false;
+    let mut full_since: Option<Instant> = None;
     let mut draining = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut committed_total: u64 = 0;
-    let mut tick = tokio::time::interval(commit_interval.max(Duration::from_millis(5)));
+    // Records received since the counters were last updated (they are updated per batch).
+    let mut received_unreported: u64 = 0;
+    let mut tick = tokio::time::interval(TICK.min(commit_interval.max(Duration::from_millis(5))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
@@ -267,7 +389,7 @@ pub async fn run(
         // A rebalance ran inside recv(): the old transaction is gone, so is its work.
         let now_epoch = consumer.context().epoch.load(Ordering::SeqCst);
         if now_epoch != epoch {
-            let dropped = inflight.len() + pending.records;
+            let dropped = inflight.len() + ready.len() + pending.records;
             if dropped > 0 {
                 info!(
                     dropped,
@@ -275,20 +397,25 @@ pub async fn run(
                 );
             }
             inflight = FuturesOrdered::new();
+            ready.clear();
             pending = Pending::default();
             epoch = now_epoch;
             paused = false;
+            full_since = None;
             stats.paused.store(false, Ordering::Relaxed);
             gauge!("kafka_source_paused").set(0.0);
         }
-        stats
-            .in_flight
-            .store(inflight.len() as i64, Ordering::Relaxed);
-        gauge!("kafka_source_in_flight").set(inflight.len() as f64);
 
-        // Backpressure: pause fetching while the window is full (the API is slow or down);
-        // keep polling so rebalances and statistics are still served.
-        if !paused && inflight.len() >= cap {
+        // Flow control: stop reading while the window is full; pause the consumer if it stays
+        // full (the API is slow or down), keeping it polled for rebalances and statistics.
+        let window_full = inflight.len() >= cap || ready.len() >= READY_MAX;
+        if !window_full {
+            full_since = None;
+        } else if full_since.is_none() {
+            full_since = Some(Instant::now());
+        }
+        if !paused && full_since.is_some_and(|t| t.elapsed() >= PAUSE_WHEN_FULL_FOR) {
+            report_received(&stats, &meters, &mut received_unreported);
             set_paused(&consumer, true)?;
             paused = true;
             stats.paused.store(true, Ordering::Relaxed);
@@ -297,7 +424,7 @@ pub async fn run(
                 in_flight = inflight.len(),
                 "Window full: consumption paused."
             );
-        } else if paused && inflight.len() <= resume_at {
+        } else if paused && inflight.len() <= resume_at && ready.len() < READY_MAX {
             set_paused(&consumer, false)?;
             paused = false;
             stats.paused.store(false, Ordering::Relaxed);
@@ -305,15 +432,59 @@ pub async fn run(
             debug!(in_flight = inflight.len(), "Consumption resumed.");
         }
 
-        let uncommitted = (inflight.len() + pending.records) as u64;
+        let uncommitted = (inflight.len()
+            + ready.len()
+            + pending.records
+            + committing.as_ref().map_or(0, |c| c.batch.records)) as u64;
         let limit_reached = max_records.is_some_and(|n| committed_total + uncommitted >= n);
-        let poll = !draining && !limit_reached;
+        let poll = !draining && !limit_reached && (paused || !window_full);
 
         tokio::select! {
             biased;
+            outcome = join_commit(&mut committing), if committing.is_some() => {
+                let c = committing.take().expect("a commit is running");
+                let outcome = outcome.context("the commit thread")?;
+                match outcome {
+                    CommitOutcome::Committed if c.init => {
+                        info!(transactional_id = %c.transactional_id, "Transactions initialised.");
+                    }
+                    CommitOutcome::Committed => {
+                        let n = c.batch.records as u64;
+                        committed_total += n;
+                        stats.committed.add(n);
+                        report_commit(&meters, &c.batch, c.started);
+                    }
+                    CommitOutcome::Aborted => {
+                        debug!(records = c.batch.records, "Transaction aborted by a revoke before its commit.");
+                    }
+                    CommitOutcome::Failed(e) => {
+                        warn!(error = %e, records = c.batch.records, "Commit failed: aborted, rewinding to the committed offsets.");
+                        consumer.context().epoch.fetch_add(1, Ordering::SeqCst);
+                        epoch = consumer.context().epoch.load(Ordering::SeqCst);
+                        inflight = FuturesOrdered::new();
+                        ready.clear();
+                        pending = Pending::default();
+                        tokio::task::block_in_place(|| rewind(&consumer))?;
+                    }
+                    CommitOutcome::Fatal(e) if c.init => return Err(e.context("initialising transactions")),
+                    CommitOutcome::Fatal(e) => return Err(e.context("committing the transaction")),
+                }
+                // What finished meanwhile goes into the next transaction.
+                if epoch == consumer.context().epoch.load(Ordering::SeqCst) {
+                    while let Some(p) = ready.pop_front() {
+                        produce(&txn, &mut pending, p, &route).await?;
+                    }
+                } else {
+                    ready.clear();
+                }
+            }
             Some(p) = inflight.next(), if !inflight.is_empty() => {
                 if p.epoch == consumer.context().epoch.load(Ordering::SeqCst) {
-                    produce(&consumer, &producer, &mut pending, p, &output_topic, &dlq_topic, &connector, &input_topic).await?;
+                    if committing.is_some() {
+                        ready.push_back(p);
+                    } else {
+                        produce(&txn, &mut pending, p, &route).await?;
+                    }
                 }
             }
             m = consumer.recv(), if poll => {
@@ -321,14 +492,28 @@ pub async fn run(
                 let now_epoch = consumer.context().epoch.load(Ordering::SeqCst);
                 if now_epoch != epoch {
                     inflight = FuturesOrdered::new();
+                    ready.clear();
                     pending = Pending::default();
                     epoch = now_epoch;
                 }
-                stats.received.add(1);
-                counter!("kafka_source_events_received_total").increment(1);
-                inflight.push_back(process(&m, epoch, &enricher));
+                received_unreported += 1;
+                match prepare(&m, epoch, &enricher, &route) {
+                    Step::Done(p) if inflight.is_empty() => {
+                        if committing.is_some() {
+                            ready.push_back(p);
+                        } else {
+                            produce(&txn, &mut pending, p, &route).await?;
+                        }
+                    }
+                    Step::Done(p) => inflight.push_back(Box::pin(futures::future::ready(p))),
+                    Step::Wait(f) => inflight.push_back(f),
+                }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                report_received(&stats, &meters, &mut received_unreported);
+                stats.in_flight.store(inflight.len() as i64, Ordering::Relaxed);
+                gauge!("kafka_source_in_flight").set(inflight.len() as f64);
+            }
             _ = shutdown.wait(), if !draining => {
                 info!(in_flight = inflight.len(), "Draining before exit.");
                 draining = true;
@@ -340,37 +525,60 @@ pub async fn run(
             }
         }
 
+        let finishing = (draining || limit_reached) && inflight.is_empty() && ready.is_empty();
         let due = pending.records >= commit_max
+            || finishing
             || pending
                 .since
-                .is_some_and(|s| s.elapsed() >= commit_interval)
-            || (pending.records > 0 && (draining || limit_reached) && inflight.is_empty());
-        if due && pending.records > 0 {
-            let n = pending.records as u64;
-            match commit(&consumer, &producer, &mut pending, &input_topic).await? {
-                true => {
-                    committed_total += n;
-                    stats.committed.add(n);
-                }
-                false => {
-                    // Aborted: everything after the committed offsets is redone.
-                    inflight = FuturesOrdered::new();
-                    epoch = consumer.context().epoch.load(Ordering::SeqCst);
-                }
-            }
+                .is_some_and(|s| s.elapsed() >= commit_interval);
+        if due && pending.records > 0 && committing.is_none() {
+            committing = Some(start_commit(&consumer, &txn, &mut pending, &input_topic)?);
         }
-        if max_records.is_some_and(|n| committed_total >= n) {
+        if committing.is_none() && max_records.is_some_and(|n| committed_total >= n) {
             info!(committed = committed_total, "--max-records reached.");
             break;
         }
-        if draining && inflight.is_empty() && pending.records == 0 {
+        if draining
+            && inflight.is_empty()
+            && ready.is_empty()
+            && pending.records == 0
+            && committing.is_none()
+        {
             break;
         }
     }
+    report_received(&stats, &meters, &mut received_unreported);
     health.set_ready(false);
     consumer.unsubscribe();
     info!(committed = committed_total, "Stopped.");
     Ok(())
+}
+
+fn report_received(stats: &Stats, meters: &Meters, n: &mut u64) {
+    if *n > 0 {
+        stats.received.add(*n);
+        meters.received.increment(*n);
+        *n = 0;
+    }
+}
+
+fn report_commit(meters: &Meters, batch: &Pending, started: Instant) {
+    meters.committed_txns.increment(1);
+    meters.enriched.increment(batch.enriched);
+    for (r, n) in &batch.dead {
+        counter!("kafka_source_events_dead_lettered_total", "reason" => r.as_str()).increment(*n);
+    }
+    meters.committed_records.increment(batch.records as u64);
+    metrics::histogram!("kafka_source_commit_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    debug!(records = batch.records, "Transaction committed.");
+}
+
+async fn join_commit(c: &mut Option<Committing>) -> Result<CommitOutcome, tokio::task::JoinError> {
+    match c {
+        Some(c) => (&mut c.handle).await,
+        None => futures::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
@@ -414,62 +622,88 @@ fn is_producer_only(k: &str) -> bool {
         || k.starts_with("message.timeout")
 }
 
-/// Turns one consumed record into the future of its output.
-fn process(
+/// Turns one consumed record into its output, or the future of it.
+fn prepare(
     m: &rdkafka::message::BorrowedMessage<'_>,
     epoch: u64,
     enricher: &Enricher,
-) -> BoxFuture<'static, Processed> {
+    route: &Route,
+) -> Step {
     let partition = m.partition();
     let offset = m.offset();
-    let topic = m.topic().to_owned();
-    let payload = m.payload().map(<[u8]>::to_vec);
-    let key = m.key().map(<[u8]>::to_vec);
-    let headers = m.headers().map(|h| h.detach());
-    let done = move |output| Processed {
-        epoch,
-        partition,
-        offset,
-        key: None,
-        payload: None,
-        headers: None,
-        output,
+    // The original key, value and headers, for the DLQ.
+    let original = || {
+        (
+            m.key().map(<[u8]>::to_vec),
+            m.payload().map(<[u8]>::to_vec),
+            m.headers().map(|h| h.detach()),
+        )
     };
-    let event = match form_model::Event::from_slice(payload.as_deref().unwrap_or_default()) {
-        Ok(e) => e,
-        Err(e) => {
-            let reason = e.reason();
-            let mut p = done(Output::Dead {
-                reason,
-                detail: e.to_string(),
-            });
-            p.key = key;
-            p.payload = payload;
-            p.headers = headers;
-            return Box::pin(futures::future::ready(p));
+    let done = |output: Output| {
+        let (key, payload, headers) = match output {
+            Output::Dead { .. } => original(),
+            Output::Enriched { .. } => (None, None, None),
+        };
+        Processed {
+            epoch,
+            partition,
+            offset,
+            key,
+            payload,
+            headers,
+            output,
         }
     };
+    let event = match form_model::Event::from_slice(m.payload().unwrap_or_default()) {
+        Ok(e) => e,
+        Err(e) => {
+            return Step::Done(done(Output::Dead {
+                reason: e.reason(),
+                detail: e.to_string(),
+            }));
+        }
+    };
+    if let Some(fetched) = enricher.lookup_cached(event.form_id(), event.happened_at_micros()) {
+        return Step::Done(done(build_output(
+            &event, &fetched, route, partition, offset,
+        )));
+    }
+    let (key, payload, headers) = original();
     let enricher = enricher.clone();
-    Box::pin(async move {
+    let source_prefix = route.source_prefix.clone();
+    Step::Wait(Box::pin(async move {
         let fetched = enricher
             .lookup(event.form_id(), event.happened_at_micros())
             .await;
-        let output = build_output(&event, &fetched, &topic, partition, offset);
-        let mut p = done(output);
-        if matches!(p.output, Output::Dead { .. }) {
-            p.key = key;
-            p.payload = payload;
-            p.headers = headers;
+        let output = build_output_with(&event, &fetched, &source_prefix, partition, offset);
+        let dead = matches!(output, Output::Dead { .. });
+        Processed {
+            epoch,
+            partition,
+            offset,
+            key: if dead { key } else { None },
+            payload: if dead { payload } else { None },
+            headers: if dead { headers } else { None },
+            output,
         }
-        p
-    })
+    }))
 }
 
-/// The `form.enriched` record (docs/internals.md), or the DLQ verdict.
 fn build_output(
     event: &form_model::Event,
     fetched: &Fetched,
-    topic: &str,
+    route: &Route,
+    partition: i32,
+    offset: i64,
+) -> Output {
+    build_output_with(event, fetched, &route.source_prefix, partition, offset)
+}
+
+/// The `form.enriched` record (docs/internals.md), or the DLQ verdict.
+fn build_output_with(
+    event: &form_model::Event,
+    fetched: &Fetched,
+    source_prefix: &[u8],
     partition: i32,
     offset: i64,
 ) -> Output {
@@ -499,49 +733,45 @@ fn build_output(
     v.extend_from_slice(b",\"form\":");
     v.extend_from_slice(form.as_bytes());
     v.extend_from_slice(b",\"retrieved_timestamp\":\"");
-    v.extend_from_slice(form_model::format_rfc3339_micros(fetched.retrieved_micros).as_bytes());
-    v.extend_from_slice(b"\",\"source\":{\"topic\":");
-    serde_json::to_writer(&mut v, topic).expect("a string serializes");
-    v.extend_from_slice(format!(",\"partition\":{partition},\"offset\":{offset}}}}}").as_bytes());
+    v.extend_from_slice(fetched.retrieved_text.as_bytes());
+    v.push(b'"');
+    v.extend_from_slice(source_prefix);
+    write!(v, "{partition},\"offset\":{offset}}}}}").expect("writing to a Vec");
     Output::Enriched {
         key: event.form_id().to_owned(),
         value: v,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Produces `p` into the open transaction (beginning one if none is open).
 async fn produce(
-    consumer: &StreamConsumer<Ctx>,
-    producer: &FutureProducer,
+    txn: &Txn,
     pending: &mut Pending,
     p: Processed,
-    output_topic: &str,
-    dlq_topic: &str,
-    connector: &str,
-    input_topic: &str,
+    route: &Route,
 ) -> anyhow::Result<()> {
-    let ctx = consumer.context();
-    if !ctx.txn_open.load(Ordering::SeqCst) {
+    let producer = &txn.producer;
+    if !txn.open.load(Ordering::SeqCst) {
         producer
             .begin_transaction()
             .context("beginning a transaction")?;
-        ctx.txn_open.store(true, Ordering::SeqCst);
+        txn.open.store(true, Ordering::SeqCst);
         pending.since = Some(Instant::now());
     }
     let (topic, key, value, headers): (&str, &[u8], &[u8], Option<OwnedHeaders>) = match &p.output {
-        Output::Enriched { key, value } => (output_topic, key.as_bytes(), value, None),
+        Output::Enriched { key, value } => (&route.output_topic, key.as_bytes(), value, None),
         Output::Dead { reason, detail } => {
             let info = DlqInfo {
                 reason: *reason,
                 detail: detail.clone(),
-                connector: connector.to_owned(),
-                topic: input_topic.to_owned(),
+                connector: route.connector.clone(),
+                topic: route.input_topic.clone(),
                 partition: p.partition,
                 offset: p.offset,
             };
             let h = info.headers(p.headers.as_ref());
             (
-                dlq_topic,
+                &route.dlq_topic,
                 p.key.as_deref().unwrap_or_default(),
                 p.payload.as_deref().unwrap_or_default(),
                 Some(h),
@@ -576,58 +806,86 @@ async fn produce(
     Ok(())
 }
 
-/// Sends the offsets and commits. `Ok(true)` committed; `Ok(false)` aborted (positions were
-/// rewound to the committed offsets); `Err` fatal.
-async fn commit(
+/// Starts committing the open transaction (its offsets, then the commit) on a blocking
+/// thread; `pending` is taken.
+fn start_commit(
     consumer: &StreamConsumer<Ctx>,
-    producer: &FutureProducer,
+    txn: &Arc<Txn>,
     pending: &mut Pending,
     input_topic: &str,
-) -> anyhow::Result<bool> {
-    let ctx = consumer.context();
+) -> anyhow::Result<Committing> {
+    let batch = std::mem::take(pending);
     let mut tpl = TopicPartitionList::new();
-    for (p, o) in &pending.offsets {
+    for (p, o) in &batch.offsets {
         tpl.add_partition_offset(input_topic, *p, Offset::Offset(*o))?;
     }
-    let started = Instant::now();
-    let result = tokio::task::block_in_place(|| -> Result<(), KafkaError> {
-        let gm = consumer
-            .group_metadata()
-            .ok_or(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::Fail))?;
-        retrying(|| producer.send_offsets_to_transaction(&tpl, &gm, TXN_CALL_TIMEOUT))?;
-        retrying(|| producer.commit_transaction(TXN_CALL_TIMEOUT))
+    let offsets: Vec<(i32, i64)> = batch.offsets.iter().map(|(p, o)| (*p, *o)).collect();
+    let gm = consumer.group_metadata();
+    let txn = txn.clone();
+    let handle = tokio::task::spawn_blocking(move || commit_blocking(&txn, &tpl, gm, &offsets));
+    Ok(Committing {
+        handle,
+        batch,
+        started: Instant::now(),
+        init: false,
+        transactional_id: String::new(),
+    })
+}
+
+/// Starts `init_transactions` on a blocking thread.
+fn start_init(txn: &Arc<Txn>, transactional_id: String) -> Committing {
+    let txn = txn.clone();
+    let handle = tokio::task::spawn_blocking(move || {
+        let _commit = txn.lock.lock().expect("txn lock");
+        match txn.producer.init_transactions(TXN_CALL_TIMEOUT) {
+            Ok(()) => CommitOutcome::Committed,
+            Err(e) => CommitOutcome::Fatal(e.into()),
+        }
     });
+    Committing {
+        handle,
+        batch: Pending::default(),
+        started: Instant::now(),
+        init: true,
+        transactional_id,
+    }
+}
+
+/// Sends the offsets and commits; on a non-fatal failure, aborts.
+fn commit_blocking(
+    txn: &Txn,
+    tpl: &TopicPartitionList,
+    gm: Option<ConsumerGroupMetadata>,
+    offsets: &[(i32, i64)],
+) -> CommitOutcome {
+    let _commit = txn.lock.lock().expect("txn lock");
+    if !txn.open.load(Ordering::SeqCst) {
+        return CommitOutcome::Aborted;
+    }
+    let result = (|| -> Result<(), KafkaError> {
+        let gm = gm.ok_or(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::Fail))?;
+        retrying(|| {
+            txn.producer
+                .send_offsets_to_transaction(tpl, &gm, TXN_CALL_TIMEOUT)
+        })?;
+        retrying(|| txn.producer.commit_transaction(TXN_CALL_TIMEOUT))
+    })();
     match result {
         Ok(()) => {
-            ctx.txn_open.store(false, Ordering::SeqCst);
-            ctx.committed
+            txn.open.store(false, Ordering::SeqCst);
+            txn.committed
                 .lock()
                 .expect("committed lock")
-                .extend(pending.offsets.iter().map(|(p, o)| (*p, *o)));
-            counter!("kafka_source_transactions_total", "result" => "committed").increment(1);
-            counter!("kafka_source_events_enriched_total").increment(pending.enriched);
-            for (r, n) in &pending.dead {
-                counter!("kafka_source_events_dead_lettered_total", "reason" => r.as_str())
-                    .increment(*n);
-            }
-            counter!("kafka_source_committed_records_total").increment(pending.records as u64);
-            metrics::histogram!("kafka_source_commit_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            debug!(records = pending.records, "Transaction committed.");
-            *pending = Pending::default();
-            Ok(true)
+                .extend(offsets.iter().copied());
+            CommitOutcome::Committed
         }
-        Err(e) if classify_kafka(&e) == ErrorClass::Fatal => {
-            Err(anyhow::anyhow!(e).context("committing the transaction"))
-        }
-        Err(e) => {
-            warn!(error = %e, records = pending.records, "Commit failed: aborting and rewinding to the committed offsets.");
-            ctx.abort_open("commit failed");
-            ctx.epoch.fetch_add(1, Ordering::SeqCst);
-            *pending = Pending::default();
-            tokio::task::block_in_place(|| rewind(consumer))?;
-            Ok(false)
-        }
+        Err(e) if classify_kafka(&e) == ErrorClass::Fatal => CommitOutcome::Fatal(e.into()),
+        Err(e) => match txn.abort_open("commit failed") {
+            Ok(()) => CommitOutcome::Failed(e),
+            Err(a) => CommitOutcome::Fatal(
+                anyhow::anyhow!(a).context(format!("aborting after a failed commit ({e})")),
+            ),
+        },
     }
 }
 
