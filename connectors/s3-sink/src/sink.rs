@@ -25,14 +25,32 @@ use crate::transform::Transform;
 
 /// Records handed to the pipeline in one command (amortises the SmartModule call).
 const BATCH_MAX: usize = 1000;
+/// Input bytes (keys and values) in one command. A batch's memory is several times its input
+/// (the engine's copies in and out, the module's JSON output, encoded rows; two SmartModule
+/// instances keep their linear memory's high-water mark) and up to `CMD_CAPACITY + 2` batches
+/// are alive at once. Peak RSS with 3.4 KiB records and 64 MiB files (`tests/sink_memory.rs`):
+/// 1 MiB batches 203–213 MiB, 256 KiB 157–169 MiB, at the same CPU time. 256 KiB is still
+/// ~170 records of the usual 1.5 KiB, and keeps the engine's per-batch buffers below
+/// [`MMAP_THRESHOLD`].
+const BATCH_MAX_BYTES: usize = 256 << 10;
 /// Commands queued for the pipeline thread.
 const CMD_CAPACITY: usize = 4;
 /// Events queued from the pipeline thread (parts carry their own memory budget).
 const EVENT_CAPACITY: usize = 1024;
+/// glibc's malloc block size from which every allocation gets its own mapping
+/// ([`pin_malloc_mmap_threshold`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 1 << 20;
 /// Wall-clock tick: idle flushes, commits, gauges, drain progress.
 const TICK: Duration = Duration::from_millis(100);
-/// librdkafka buffers up to 64 MiB per consumer by default; keep it inside our memory bound.
+/// librdkafka prefetches up to `queued.max.messages.kbytes` (default 64 MiB; for a subscribed
+/// consumer one queue for all its partitions, since their fetch queues forward to it) and may
+/// overshoot it by one fetch response. Defaults of ours unless `kafka.properties` sets them.
 const QUEUED_MAX_KBYTES: &str = "16384";
+/// One fetch response (default 50 MiB: with many partitions, each up to
+/// `max.partition.fetch.bytes`, one response alone could be 50 MiB). Must stay at least
+/// `message.max.bytes` (default 1000000); librdkafka still returns a larger record whole.
+const FETCH_MAX_BYTES: &str = "8388608";
 
 #[derive(Debug)]
 enum RebalanceEvent {
@@ -91,6 +109,8 @@ pub(crate) async fn run(
     health: Health,
     progress: Arc<Progress>,
 ) -> anyhow::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    pin_malloc_mmap_threshold();
     let topic = cfg.kafka.topic.clone();
     let uploader = cfg.s3.uploader().await;
     if cfg.s3.create_bucket || matches!(uploader, crate::upload::Uploader::File { .. }) {
@@ -106,8 +126,13 @@ pub(crate) async fn run(
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
-    if cc.get("queued.max.messages.kbytes").is_none() {
-        cc.set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES);
+    for (k, v) in [
+        ("queued.max.messages.kbytes", QUEUED_MAX_KBYTES),
+        ("fetch.max.bytes", FETCH_MAX_BYTES),
+    ] {
+        if cc.get(k).is_none() {
+            cc.set(k, v);
+        }
     }
     if let Some(c) = &cfg.meta.consumer
         && let Some(b) = c.max_bytes
@@ -151,14 +176,15 @@ pub(crate) async fn run(
         timeout,
     });
 
-    let budget = cfg.s3.memory_budget.as_u64() as usize;
-    let inflight = InFlightBudget::new(budget / 2);
+    let (open_budget, inflight_budget) =
+        split_budget(cfg.s3.memory_budget.as_u64(), cfg.s3.part_size.as_u64());
+    let inflight = InFlightBudget::new(inflight_budget);
     let settings = PipelineSettings {
         topic: topic.clone(),
         prefix: cfg.s3.prefix.clone(),
         policy: cfg.s3.rolling(),
         idle_flush: cfg.s3.idle_flush,
-        open_budget: budget / 2,
+        open_budget,
         part_size: cfg.s3.part_size.as_u64() as usize,
         codec: cfg.s3.codec.codec(),
     };
@@ -275,7 +301,8 @@ pub(crate) async fn run(
                 rebalance(&mut pending, &mut manager, &mut epoch)?;
                 let limit = opts.max_records.map_or(BATCH_MAX as u64, |m| (m - forwarded).min(BATCH_MAX as u64)) as usize;
                 let mut batch = vec![to_record(&first)];
-                while batch.len() < limit {
+                let mut batch_bytes = input_bytes(&batch[0]);
+                while batch.len() < limit && batch_bytes < BATCH_MAX_BYTES {
                     match consumer.recv().now_or_never() {
                         Some(Ok(m)) => {
                             let m = m.detach();
@@ -283,7 +310,9 @@ pub(crate) async fn run(
                                 pending.push_back(Cmd::Batch(std::mem::take(&mut batch)));
                                 rebalance(&mut pending, &mut manager, &mut epoch)?;
                             }
-                            batch.push(to_record(&m));
+                            let r = to_record(&m);
+                            batch_bytes += input_bytes(&r);
+                            batch.push(r);
                         }
                         Some(Err(e)) => {
                             warn!(error = %e, "Kafka consumer error (retried by the client).");
@@ -313,6 +342,42 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// `memory-budget` split into (open files, uploads in flight). Uploads need a few parts at once
+/// (a closing file hands over its held-back first part and its last part together); the open
+/// files need the rest. Each open file holds up to two parts, counted by capacity (a full first
+/// part is a 16 MiB allocation with 8 MiB parts), and every partition keeps a file per table
+/// open: with 64 MiB files and 8 MiB parts one partition counted 24.5 MiB, so half of 128 MiB
+/// flushed 3 partitions early (52–64 MiB files) while three quarters holds them. Over budget,
+/// the largest partition is flushed: smaller files, memory still bounded.
+/// 128 MiB with 8 MiB parts: 96 MiB for open files, 32 MiB (four parts) in flight.
+fn split_budget(budget: u64, part_size: u64) -> (usize, usize) {
+    let inflight = (budget / 4).max(2 * part_size).min(budget / 2);
+    ((budget - inflight) as usize, inflight as usize)
+}
+
+/// Every block of 1 MiB or more in its own mapping, given back to the kernel when freed.
+///
+/// By default glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed,
+/// and `main.rs` pins it at 32 MiB (for the engine's per-batch buffers, so that they do not
+/// fault in fresh pages every batch; with [`BATCH_MAX_BYTES`] they stay well below 1 MiB).
+/// Either way every part, file head and tail (8–16 MiB each) is then carved from the malloc
+/// arenas, whose freed space stays resident and fragments. Peak RSS with 64 MiB files
+/// (`tests/sink_memory.rs`): 298–308 MiB with the 32 MiB threshold, 203–213 MiB with this one
+/// (both with 1 MiB batches), for ~5% more CPU. This runs after `main.rs`'s `tune_malloc` and
+/// overrides its threshold (its `M_TRIM_THRESHOLD` stays).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn pin_malloc_mmap_threshold() {
+    // SAFETY: mallopt only changes the allocator's parameters, under the main arena's lock;
+    // threads allocating meanwhile read the threshold as glibc's own `free` rewrites it.
+    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
+        warn!("mallopt(M_MMAP_THRESHOLD) failed: large buffers may stay resident after use.");
+    }
+}
+
+fn input_bytes(r: &InRecord) -> usize {
+    r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)
+}
+
 fn to_record(m: &rdkafka::message::OwnedMessage) -> InRecord {
     InRecord {
         partition: m.partition(),
@@ -320,5 +385,34 @@ fn to_record(m: &rdkafka::message::OwnedMessage) -> InRecord {
         timestamp_ms: m.timestamp().to_millis(),
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn budget_split_leaves_most_to_open_files_and_a_few_parts_in_flight() {
+        assert_eq!(
+            split_budget(128 * MIB, 8 * MIB),
+            ((96 * MIB) as usize, (32 * MIB) as usize)
+        );
+        // The smallest budget config.rs accepts (4 parts): two parts each.
+        assert_eq!(
+            split_budget(32 * MIB, 8 * MIB),
+            ((16 * MIB) as usize, (16 * MIB) as usize)
+        );
+        // Never more than half in flight, never less than two parts.
+        assert_eq!(
+            split_budget(20 * MIB, 5 * MIB),
+            ((10 * MIB) as usize, (10 * MIB) as usize)
+        );
+        assert_eq!(
+            split_budget(1024 * MIB, 8 * MIB),
+            ((768 * MIB) as usize, (256 * MIB) as usize)
+        );
     }
 }
