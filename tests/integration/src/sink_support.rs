@@ -506,3 +506,116 @@ pub fn duplicates<K: Ord + Clone>(items: impl IntoIterator<Item = K>) -> Vec<(K,
     }
     m.into_iter().filter(|(_, n)| *n > 1).collect()
 }
+
+/// Peak RSS of a running process: the largest `VmHWM` read from `/proc/PID/status`, polled on
+/// a thread every [`PeakRss::POLL`] until the process is gone or [`PeakRss::stop`] is called.
+/// (`wait4`'s `ru_maxrss` is no use: Linux carries the parent's peak over fork+exec.)
+#[derive(Debug)]
+pub struct PeakRss {
+    peak_kib: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakRss {
+    /// How often `/proc/PID/status` is read.
+    pub const POLL: Duration = Duration::from_millis(10);
+
+    pub fn watch(pid: u32) -> Self {
+        use std::sync::atomic::Ordering;
+        let peak_kib = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (peak, halt) = (peak_kib.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let path = format!("/proc/{pid}/status");
+            while !halt.load(Ordering::Relaxed) {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    return; // reaped
+                };
+                // A zombie has no `VmHWM` line any more: its last value stays the peak.
+                if let Some(kib) = text
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Self::POLL);
+            }
+        });
+        Self {
+            peak_kib,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The peak so far, MiB.
+    pub fn peak_mib(&self) -> f64 {
+        self.peak_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    }
+
+    /// Stops polling; returns the peak, MiB.
+    pub fn stop(mut self) -> f64 {
+        self.halt();
+        self.peak_mib()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Every object under `prefix` with its size in bytes, sorted by key.
+pub async fn list_sizes(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(format!("{prefix}/"))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .context("listing objects")?;
+        for o in page.contents() {
+            if let Some(k) = o.key() {
+                out.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64));
+            }
+        }
+        match page.next_continuation_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes every object under `prefix` (clean-up after a test that wrote a lot).
+pub async fn delete_prefix(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<()> {
+    for key in list(s3, bucket, prefix).await? {
+        s3.delete_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .with_context(|| format!("DELETE {key}"))?;
+    }
+    Ok(())
+}
