@@ -127,6 +127,14 @@ impl FileEncoder {
         } else {
             &mut self.tail
         };
+        // Head and tail hold at most a part plus one block: grow them by doubling only up to
+        // that, not to twice the part size (memory is counted by capacity).
+        let needed = out.len() + data.len() + 32;
+        if needed > out.capacity() {
+            let limit = self.part_size + BLOCK_SIZE + 1024;
+            let target = (out.capacity() * 2).clamp(needed, limit.max(needed));
+            out.reserve_exact(target - out.len());
+        }
         let before = out.len();
         put_long(out, self.block_rows as i64);
         put_long(out, data.len() as i64);
@@ -185,8 +193,11 @@ impl FileEncoder {
             .user_metadata(user_metadata)
             .build()?;
         header_writer.flush()?;
-        let mut head = header_writer.into_inner()?;
+        let header = header_writer.into_inner()?;
+        let mut head = Vec::with_capacity(header.len() + self.head.len());
+        head.extend_from_slice(&header);
         head.extend_from_slice(&self.head);
+        drop(self.head);
         Ok(FinishedFile {
             head,
             tail: self.tail,

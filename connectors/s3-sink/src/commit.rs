@@ -631,6 +631,8 @@ async fn upload_file(
                         }
                         let mut body = file.head;
                         body.extend_from_slice(&file.tail);
+                        // Shared by every attempt (no copy of the file per retry).
+                        let body = bytes::Bytes::from(body);
                         retry_forever(&retry, "PutObject", &key, || {
                             uploader.put(&key, body.clone())
                         })

@@ -30,17 +30,13 @@ const BATCH_MAX: usize = 1000;
 /// instances keep their linear memory's high-water mark) and up to `CMD_CAPACITY + 2` batches
 /// are alive at once. Peak RSS with 3.4 KiB records and 64 MiB files (`tests/sink_memory.rs`):
 /// 1 MiB batches 203–213 MiB, 256 KiB 157–169 MiB, at the same CPU time. 256 KiB is still
-/// ~170 records of the usual 1.5 KiB, and keeps the engine's per-batch buffers below
-/// [`MMAP_THRESHOLD`].
+/// ~170 records of the usual 1.5 KiB, and keeps the engine's per-batch buffers below the
+/// 1 MiB mmap threshold set in `main.rs`.
 const BATCH_MAX_BYTES: usize = 256 << 10;
 /// Commands queued for the pipeline thread.
 const CMD_CAPACITY: usize = 4;
 /// Events queued from the pipeline thread (parts carry their own memory budget).
 const EVENT_CAPACITY: usize = 1024;
-/// glibc's malloc block size from which every allocation gets its own mapping
-/// ([`pin_malloc_mmap_threshold`]).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: i32 = 1 << 20;
 /// Wall-clock tick: idle flushes, commits, gauges, drain progress.
 const TICK: Duration = Duration::from_millis(100);
 /// librdkafka prefetches up to `queued.max.messages.kbytes` (default 64 MiB; for a subscribed
@@ -109,8 +105,6 @@ pub(crate) async fn run(
     health: Health,
     progress: Arc<Progress>,
 ) -> anyhow::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    pin_malloc_mmap_threshold();
     let topic = cfg.kafka.topic.clone();
     let uploader = cfg.s3.uploader().await;
     if cfg.s3.create_bucket || matches!(uploader, crate::upload::Uploader::File { .. }) {
@@ -353,25 +347,6 @@ pub(crate) async fn run(
 fn split_budget(budget: u64, part_size: u64) -> (usize, usize) {
     let inflight = (budget / 4).max(2 * part_size).min(budget / 2);
     ((budget - inflight) as usize, inflight as usize)
-}
-
-/// Every block of 1 MiB or more in its own mapping, given back to the kernel when freed.
-///
-/// By default glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed,
-/// and `main.rs` pins it at 32 MiB (for the engine's per-batch buffers, so that they do not
-/// fault in fresh pages every batch; with [`BATCH_MAX_BYTES`] they stay well below 1 MiB).
-/// Either way every part, file head and tail (8–16 MiB each) is then carved from the malloc
-/// arenas, whose freed space stays resident and fragments. Peak RSS with 64 MiB files
-/// (`tests/sink_memory.rs`): 298–308 MiB with the 32 MiB threshold, 203–213 MiB with this one
-/// (both with 1 MiB batches), for ~5% more CPU. This runs after `main.rs`'s `tune_malloc` and
-/// overrides its threshold (its `M_TRIM_THRESHOLD` stays).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn pin_malloc_mmap_threshold() {
-    // SAFETY: mallopt only changes the allocator's parameters, under the main arena's lock;
-    // threads allocating meanwhile read the threshold as glibc's own `free` rewrites it.
-    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
-        warn!("mallopt(M_MMAP_THRESHOLD) failed: large buffers may stay resident after use.");
-    }
 }
 
 fn input_bytes(r: &InRecord) -> usize {

@@ -87,7 +87,7 @@ impl Uploader {
     }
 
     /// One object in one request.
-    pub(crate) async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), UploadError> {
+    pub(crate) async fn put(&self, key: &str, body: bytes::Bytes) -> Result<(), UploadError> {
         match self {
             Uploader::S3 { client, bucket } => {
                 client
@@ -359,7 +359,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("s3-sink-test-{:x}", rand::random::<u64>()));
         let up = Uploader::File { root: dir.clone() };
         up.ensure_bucket().await.unwrap();
-        up.put("a/b/c.avro", b"hello".to_vec()).await.unwrap();
+        up.put("a/b/c.avro", bytes::Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(dir.join("a/b/c.avro")).unwrap(), b"hello");
         let mp = up.create_multipart("x/y.avro").await.unwrap();
         let p2 = up
