@@ -344,31 +344,26 @@ pub async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<()> 
     Ok(())
 }
 
-/// Every key under `prefix`.
+/// Every key under `prefix`, sorted.
 pub async fn list(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<Vec<String>> {
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let out = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(format!("{prefix}/"))
-            .set_continuation_token(token)
-            .send()
-            .await
-            .context("listing objects")?;
-        keys.extend(
-            out.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
-        );
-        match out.next_continuation_token() {
-            Some(t) => token = Some(t.to_owned()),
-            None => break,
+    Ok(list_sizes(s3, bucket, prefix)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// Waits until `setup.group` has committed every partition of `setup.topic` up to its end.
+pub async fn wait_committed(setup: &SinkSetup, partitions: i32, deadline: Duration) -> Result<()> {
+    let end = end_offsets(&setup.topic, partitions)?;
+    wait_for("every offset to be committed", deadline, || {
+        let (group, topic, end) = (setup.group.clone(), setup.topic.clone(), end.clone());
+        async move {
+            let c = committed(&group, &topic, partitions)?;
+            Ok((c == end).then_some(()))
         }
-    }
-    keys.sort();
-    Ok(keys)
+    })
+    .await
 }
 
 pub async fn get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec<u8>> {

@@ -99,18 +99,6 @@ fn check_exact(out: &Output, n: usize, fields: usize) {
     }
 }
 
-async fn wait_committed(setup: &SinkSetup, deadline: Duration) -> Result<()> {
-    let end = end_offsets(&setup.topic, PARTITIONS)?;
-    wait_for("the sink to commit every offset", deadline, || {
-        let (group, topic, end) = (setup.group.clone(), setup.topic.clone(), end.clone());
-        async move {
-            let c = committed(&group, &topic, PARTITIONS)?;
-            Ok((c == end).then_some(()))
-        }
-    })
-    .await
-}
-
 async fn topics(name: &str) -> Result<(String, String)> {
     let topic = unique(&format!("{name}-in"));
     let dlq = unique(&format!("{name}-dlq"));
@@ -154,7 +142,7 @@ async fn kill_9_five_times_no_row_lost_or_duplicated() -> Result<()> {
         );
     }
     let mut child = setup.spawn(&[])?;
-    let res = wait_committed(&setup, Duration::from_secs(240)).await;
+    let res = wait_committed(&setup, PARTITIONS, Duration::from_secs(240)).await;
     let status = terminate(&mut child, Duration::from_secs(60))?;
     res.with_context(|| setup.log())?;
     assert!(status.success(), "exit status {status}");
@@ -306,7 +294,7 @@ async fn s3_down_for_20s_stalls_then_resumes_exactly() -> Result<()> {
     assert!(now.iter().zip(&committed_during).all(|(a, b)| a >= b));
     s3.up()?;
     wait_port(s3.port).await?;
-    let res = wait_committed(&setup, Duration::from_secs(120)).await;
+    let res = wait_committed(&setup, PARTITIONS, Duration::from_secs(120)).await;
     let status = terminate(&mut child, Duration::from_secs(60))?;
     res.with_context(|| setup.log())?;
     assert!(status.success(), "exit status {status}");
@@ -563,7 +551,7 @@ async fn smartmodule_hot_swap_under_a_running_sink() -> Result<()> {
     let mut child = setup.spawn_with_env(&[], &[("FORM_ETL_SMARTMODULE_DIR", &modules)])?;
     let (first, first_fields) = records(60, "a");
     produce(&topic, &first).await?;
-    wait_committed(&setup, Duration::from_secs(60))
+    wait_committed(&setup, PARTITIONS, Duration::from_secs(60))
         .await
         .with_context(|| setup.log())?;
     assert_eq!(
@@ -589,7 +577,7 @@ async fn smartmodule_hot_swap_under_a_running_sink() -> Result<()> {
     .with_context(|| setup.log())?;
     let (second, second_fields) = records(60, "b");
     produce(&topic, &second).await?;
-    wait_committed(&setup, Duration::from_secs(60))
+    wait_committed(&setup, PARTITIONS, Duration::from_secs(60))
         .await
         .with_context(|| setup.log())?;
 
@@ -605,7 +593,7 @@ async fn smartmodule_hot_swap_under_a_running_sink() -> Result<()> {
     .with_context(|| setup.log())?;
     let (third, third_fields) = records(30, "c");
     produce(&topic, &third).await?;
-    wait_committed(&setup, Duration::from_secs(60))
+    wait_committed(&setup, PARTITIONS, Duration::from_secs(60))
         .await
         .with_context(|| setup.log())?;
     assert!(

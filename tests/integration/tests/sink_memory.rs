@@ -164,18 +164,6 @@ async fn wait_exit(child: &mut Child, deadline: Duration) -> Result<std::process
     }
 }
 
-async fn wait_committed(setup: &SinkSetup, deadline: Duration) -> Result<()> {
-    let end = end_offsets(&setup.topic, PARTITIONS)?;
-    wait_for("the sinks to commit every offset", deadline, || {
-        let (group, topic, end) = (setup.group.clone(), setup.topic.clone(), end.clone());
-        async move {
-            let c = committed(&group, &topic, PARTITIONS)?;
-            Ok((c == end).then_some(()))
-        }
-    })
-    .await
-}
-
 /// The objects of a run, downloaded, with their sizes.
 struct Objects {
     /// (key, size), by key.
@@ -426,7 +414,7 @@ async fn two_sinks_rebalance_mid_run_exactly_once_and_bounded() -> Result<()> {
         "second sink started after {:.1}s, when the first had read {joined_at} records",
         t.elapsed().as_secs_f64()
     );
-    let done = wait_committed(&first, Duration::from_secs(180)).await;
+    let done = wait_committed(&first, PARTITIONS, Duration::from_secs(180)).await;
     let got_b = metric(&second, "component_received_events_total").await;
     let got_a = metric(&first, "component_received_events_total").await;
     let status_a = terminate(&mut a, Duration::from_secs(60));
