@@ -337,7 +337,42 @@ pub(crate) async fn run(
         Ok(r) => r?,
         Err(p) => std::panic::resume_unwind(p),
     }
+    drop(manager);
+    close_consumer(consumer, CLOSE_TIMEOUT);
     Ok(())
+}
+
+/// How long the consumer may take to leave the group at exit.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes the consumer (leaves the group) on a thread of its own, waiting at most `timeout`.
+///
+/// librdkafka's close can block for good when the group's assignment arrives while it closes
+/// (a SIGTERM during the group join, seen in the kill -9 test): rust-rdkafka serves that
+/// rebalance by calling `assign`, which waits on the closing group forever. Everything is
+/// uploaded and committed by now, so the sink exits anyway; the broker expires the member.
+fn close_consumer(consumer: Arc<StreamConsumer<SinkContext>>, timeout: Duration) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done_tx.send(());
+        });
+    match closing {
+        Ok(_) => {
+            if done_rx.recv_timeout(timeout).is_err() {
+                warn!(
+                    ?timeout,
+                    "The Kafka consumer did not leave the group in time (a rebalance was in \
+                     progress); exiting anyway: every file is uploaded and every offset \
+                     committed, and the broker expires this member after its session timeout."
+                );
+            }
+        }
+        // The closure, and the consumer with it, was dropped here: closed inline.
+        Err(e) => warn!(error = %e, "No thread to close the consumer on: closed inline."),
+    }
 }
 
 /// `memory-budget` split into (open files, uploads in flight). Uploads need a few parts at once
