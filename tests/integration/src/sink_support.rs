@@ -480,6 +480,11 @@ pub fn terminate(child: &mut Child, deadline: Duration) -> Result<std::process::
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
+    wait_exit(child, deadline).context("after SIGTERM")
+}
+
+/// Waits for `child` to exit; past `deadline` it is killed and this fails.
+pub fn wait_exit(child: &mut Child, deadline: Duration) -> Result<std::process::ExitStatus> {
     let end = Instant::now() + deadline;
     loop {
         if let Some(s) = child.try_wait()? {
@@ -487,10 +492,19 @@ pub fn terminate(child: &mut Child, deadline: Duration) -> Result<std::process::
         }
         if Instant::now() > end {
             let _ = child.kill();
-            bail!("the process did not exit within {deadline:?} after SIGTERM");
+            let _ = child.wait();
+            bail!("the process did not exit within {deadline:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The sum of the samples of metric `name` in a Prometheus text scrape.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Counts of values by key, for duplicate checks.

@@ -225,13 +225,6 @@ async fn wait_port(port: u16) -> Result<()> {
     .await
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_down_for_20s_stalls_then_resumes_exactly() -> Result<()> {
     if !cluster_available("s3_down_for_20s") {
@@ -275,7 +268,7 @@ async fn s3_down_for_20s_stalls_then_resumes_exactly() -> Result<()> {
             let s = &setup;
             async move {
                 Ok(s.metrics().await.filter(|m| {
-                    metric(m, "component_errors_total{error_type=\"upload_failed\"") > 0.0
+                    metric_value(m, "component_errors_total{error_type=\"upload_failed\"") > 0.0
                 }))
             }
         },
@@ -516,7 +509,7 @@ async fn wait_metric(
         Ok(setup
             .metrics()
             .await
-            .map(|m| metric(&m, name))
+            .map(|m| metric_value(&m, name))
             .filter(|v| *v >= at_least))
     })
     .await

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -146,22 +145,6 @@ fn second_instance(first: &SinkSetup, tag: &str) -> Result<SinkSetup> {
         endpoint: first.endpoint.clone(),
         metrics_port,
     })
-}
-
-/// Waits for `child` to exit by itself.
-async fn wait_exit(child: &mut Child, deadline: Duration) -> Result<std::process::ExitStatus> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(s);
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the sink did not exit within {deadline:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The objects of a run, downloaded, with their sizes.
@@ -303,7 +286,7 @@ async fn peak_rss_under_256_mib_with_64_mib_files() -> Result<()> {
     let t = Instant::now();
     let mut child = setup.spawn(&["--max-records", &EVENTS.to_string()])?;
     let rss = PeakRss::watch(child.id());
-    let status = wait_exit(&mut child, Duration::from_secs(240)).await;
+    let status = tokio::task::block_in_place(|| wait_exit(&mut child, Duration::from_secs(240)));
     let peak = rss.stop();
     let log = setup.log();
     let status = status.with_context(|| log.clone())?;
@@ -361,11 +344,7 @@ async fn metric(setup: &SinkSetup, name: &str) -> f64 {
     setup
         .metrics()
         .await
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .map_or(0.0, |text| metric_value(&text, name))
 }
 
 #[tokio::test(flavor = "multi_thread")]
