@@ -16,11 +16,10 @@
 //! Same exports, imports and wire format as the macro's, so the same engine runs it.
 
 use std::cell::RefCell;
-use std::io::Cursor;
 
-use fluvio_smartmodule::dataplane::core::{Decoder, Encoder};
+use fluvio_smartmodule::dataplane::core::Encoder;
 use fluvio_smartmodule::dataplane::smartmodule::{
-    SmartModuleInput, SmartModuleKind, SmartModuleOutput, SmartModuleTransformErrorStatus,
+    SmartModuleKind, SmartModuleOutput, SmartModuleTransformErrorStatus,
     SmartModuleTransformRuntimeError,
 };
 
@@ -41,10 +40,11 @@ thread_local! {
 pub unsafe extern "C" fn map(ptr: *mut u8, len: usize, version: i16) -> i32 {
     // `alloc(len)` made this buffer as a `Vec::<u8>::with_capacity(len)`.
     let input_data = unsafe { Vec::from_raw_parts(ptr, len, len) };
-    let mut input = SmartModuleInput::default();
-    if Decoder::decode(&mut input, &mut Cursor::new(&input_data), version).is_err() {
+    // record-wire copies the records' bytes whole (fluvio-protocol decodes them one byte at
+    // a time, which here is fuel-metered WASM).
+    let Ok(input) = record_wire::decode_input(&input_data, version) else {
         return SmartModuleTransformErrorStatus::DecodingBaseInput as i32;
-    }
+    };
     drop(input_data);
     let base_offset = input.base_offset();
     let Ok(records) = input.try_into_smartmodule_records(version) else {
