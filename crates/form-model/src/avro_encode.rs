@@ -14,6 +14,7 @@ use std::ops::Range;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::avro::{ColumnType, Problem, SchemaMismatch, Table};
+use crate::json::{Json, Reader};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -65,6 +66,19 @@ pub enum EncodeError {
 /// was: a record's rows are all encoded or none.
 pub fn encode_output(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeError> {
     let (bytes_len, rows_len) = (out.bytes.len(), out.rows.len());
+    // The hand-written reader takes what is valid and fits; anything else (and every error,
+    // for its exact text) goes through serde_json below.
+    if encode_fast(value, out).is_some() {
+        return Ok(());
+    }
+    out.bytes.truncate(bytes_len);
+    out.rows.truncate(rows_len);
+    encode_serde(value, out)
+}
+
+/// [`encode_output`] through serde_json: every answer, errors included.
+fn encode_serde(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeError> {
+    let (bytes_len, rows_len) = (out.bytes.len(), out.rows.len());
     let mut state = State {
         out,
         mismatch: None,
@@ -84,6 +98,85 @@ pub fn encode_output(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeEr
         out.rows.truncate(rows_len);
     }
     result
+}
+
+/// [`encode_output`] for an output value whose every row fits, read by `json::Reader`:
+/// `None` for anything else (a syntax error, a key or value the schema refuses, an input the
+/// reader leaves to serde_json), with `out` then partly written.
+fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
+    let mut r = Reader::new(value)?;
+    if r.next_token()? != b'{' {
+        return None;
+    }
+    let mut seen = [false; 2];
+    let mut slots: Vec<Option<Scalar<'_>>> = Vec::new();
+    loop {
+        if r.next_token()? != b'"' {
+            return None;
+        }
+        let table = Table::from_name(&r.string()?)?;
+        if std::mem::replace(&mut seen[table as usize], true)
+            || r.next_token()? != b':'
+            || r.next_token()? != b'['
+        {
+            return None;
+        }
+        let columns = table.columns().len();
+        if !r.eat(b']') {
+            loop {
+                if r.next_token()? != b'{' {
+                    return None;
+                }
+                slots.clear();
+                slots.resize_with(columns, || None);
+                if !r.eat(b'}') {
+                    loop {
+                        if r.next_token()? != b'"' {
+                            return None;
+                        }
+                        let column = table.column_index(&r.string()?)?;
+                        if r.next_token()? != b':' {
+                            return None;
+                        }
+                        // A repeated key keeps its last value, as a JSON object parse does.
+                        slots[column] = Some(match r.next_token()? {
+                            b'"' => Scalar::Str(r.string()?),
+                            b'-' | b'0'..=b'9' => {
+                                let n = r.number_after()?;
+                                match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                                    (Some(v), _, _) => Scalar::I64(v),
+                                    (None, Some(v), _) => Scalar::U64(v),
+                                    (None, None, Some(v)) => Scalar::F64(v),
+                                    (None, None, None) => return None,
+                                }
+                            }
+                            first => match r.literal_after(first)? {
+                                Json::Bool(b) => Scalar::Bool(b),
+                                _ => Scalar::Null,
+                            },
+                        });
+                        match r.next_token()? {
+                            b',' => {}
+                            b'}' => break,
+                            _ => return None,
+                        }
+                    }
+                }
+                encode_row(table, &slots, None, out).ok()?;
+                match r.next_token()? {
+                    b',' => {}
+                    b']' => break,
+                    _ => return None,
+                }
+            }
+        }
+        match r.next_token()? {
+            b',' => {}
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    (seen == [true; 2] && r.at_end()).then_some(())
 }
 
 struct State<'o> {
@@ -612,6 +705,39 @@ mod tests {
         encode_output(body.as_bytes(), &mut enc).unwrap();
         assert_eq!(enc.rows[0].day, -1);
         assert_eq!(day_to_date(enc.rows[0].day), "1969-12-31");
+    }
+
+    #[test]
+    fn the_fast_path_takes_valid_rows_and_agrees_with_serde_json() {
+        let form = r#""id":"a","title":"t\u00e9\"","retrieved_timestamp":5,"event_happened_at":6,"event_type":"x""#;
+        let field = r#""id":"f","type":"short_text","form_id":"a","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":-86400000001,"form_event_type":"x""#;
+        let mut valid = vec![
+            format!(r#"{{"form":[{{{form}}}],"form_field":[{{{field}}},{{{field}}}]}}"#),
+            format!(r#" {{ "form_field" : [ {{{field}}} ] , "form" : [ {{{form}}} ] }} "#),
+            format!(r#"{{"form":[{{{form},"title":"again","id":"b"}}],"form_field":[]}}"#),
+            format!(r#"{{"form":[{{{form},"type":null}}],"form_field":[]}}"#),
+            r#"{"form":[],"form_field":[]}"#.to_owned(),
+        ];
+        for case in crate::golden::load_cases() {
+            let mut out = Vec::new();
+            if flatten_to_json(&case.input, &mut out).is_ok() {
+                valid.push(String::from_utf8(out).unwrap());
+            }
+        }
+        let mut taken = 0;
+        for v in &valid {
+            let mut slow = EncodedRows::default();
+            if encode_serde(v.as_bytes(), &mut slow).is_err() {
+                // Rows the schema refuses (a golden case's extra columns): serde_json's.
+                assert!(encode_fast(v.as_bytes(), &mut EncodedRows::default()).is_none());
+                continue;
+            }
+            taken += 1;
+            let mut fast = EncodedRows::default();
+            assert!(encode_fast(v.as_bytes(), &mut fast).is_some(), "{v}");
+            assert_eq!((fast.bytes, fast.rows), (slow.bytes, slow.rows), "{v}");
+        }
+        assert!(taken >= 8, "only {taken} valid outputs");
     }
 
     #[test]

@@ -272,7 +272,7 @@ fn write_columns(
         }
         if let Json::Object(inner) = value {
             let len = path.len();
-            write_escaped(path, key);
+            write_text(path, key);
             path.push(b'_');
             write_columns(out, path, scratch, inner, false, first);
             path.truncate(len);
@@ -284,7 +284,7 @@ fn write_columns(
         *first = false;
         out.push(b'"');
         out.extend_from_slice(path);
-        write_escaped(out, key);
+        write_text(out, key);
         out.extend_from_slice(b"\":");
         match value {
             Json::Array(_) => {
@@ -314,7 +314,11 @@ fn write_json(out: &mut Vec<u8>, value: &Json<'_>) {
                 let _ = serde_json::to_writer(&mut *out, n);
             }
         }
-        Json::Str(s) => write_str(out, s),
+        Json::Str(s) => {
+            out.push(b'"');
+            write_text(out, s);
+            out.push(b'"');
+        }
         Json::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -331,8 +335,9 @@ fn write_json(out: &mut Vec<u8>, value: &Json<'_>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_str(out, key);
-                out.push(b':');
+                out.push(b'"');
+                write_text(out, key);
+                out.extend_from_slice(b"\":");
                 write_json(out, item);
             }
             out.push(b'}');
@@ -363,6 +368,16 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     write_escaped(out, s);
     out.push(b'"');
+}
+
+/// A parsed string's JSON text without the quotes: one borrowed from the input had no
+/// escapes there, so it needs none (see `Json::Str`) and is copied as it is.
+#[allow(clippy::ptr_arg, reason = "borrowed or owned is what it reads")]
+fn write_text(out: &mut Vec<u8>, s: &Cow<'_, str>) {
+    match s {
+        Cow::Borrowed(s) => out.extend_from_slice(s.as_bytes()),
+        Cow::Owned(s) => write_escaped(out, s),
+    }
 }
 
 /// JSON string escaping without the quotes (non-ASCII kept as UTF-8).

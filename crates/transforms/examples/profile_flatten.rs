@@ -64,27 +64,37 @@ fn main() {
         );
     };
 
+    // `ONLY=<text>` runs only the measurements whose name contains it (for a profile of one).
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let report = |name: &str, pass: &mut dyn FnMut()| {
+        if name.contains(only.as_str()) {
+            report(name, time(reps, pass));
+        }
+    };
     report(
         "native parse (Value)",
-        time(reps, || {
+        &mut || {
             for v in &values {
                 let v: serde_json::Value = serde_json::from_slice(v).unwrap();
                 std::hint::black_box(v);
             }
-        }),
+        },
     );
     report(
         "native flatten_to_json",
-        time(reps, || {
+        &mut || {
             for v in &values {
                 out.clear();
                 form_model::flatten_to_json(v, &mut out).unwrap();
                 std::hint::black_box(&out);
             }
-        }),
+        },
     );
 
     let run_chain = |name: &str, wasm: String, canary: bool| {
+        if !name.contains(only.as_str()) {
+            return;
+        }
         let mut chain = TransformChain::new(
             &[TransformStep::new(wasm)],
             ChainOptions {
@@ -103,16 +113,13 @@ fn main() {
                 offset: i as i64,
             })
             .collect();
-        report(
-            name,
-            time(reps, || {
-                for chunk in inputs.chunks(batch) {
-                    let r = chain.process(chunk);
-                    assert!(r.iter().all(|r| r.is_ok()));
-                    std::hint::black_box(r);
-                }
-            }),
-        );
+        report(name, &mut || {
+            for chunk in inputs.chunks(batch) {
+                let r = chain.process(chunk);
+                assert!(r.iter().all(|r| r.is_ok()));
+                std::hint::black_box(r);
+            }
+        });
     };
     run_chain(
         "wasm form_flatten",
