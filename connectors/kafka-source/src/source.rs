@@ -464,7 +464,9 @@ pub async fn run(
                         inflight = FuturesOrdered::new();
                         ready.clear();
                         pending = Pending::default();
-                        tokio::task::block_in_place(|| rewind(&consumer))?;
+                        // Blocks the (single-threaded) runtime for a round trip: rare, and
+                        // nothing in flight is kept anyway.
+                        rewind(&consumer)?;
                     }
                     CommitOutcome::Fatal(e) if c.init => return Err(e.context("initialising transactions")),
                     CommitOutcome::Fatal(e) => return Err(e.context("committing the transaction")),
