@@ -121,7 +121,8 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
         {
             return None;
         }
-        let columns = table.columns().len();
+        let schema_columns = table.columns();
+        let columns = schema_columns.len();
         if !r.eat(b']') {
             loop {
                 if r.next_token()? != b'{' {
@@ -130,11 +131,18 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                 slots.clear();
                 slots.resize_with(columns, || None);
                 if !r.eat(b'}') {
+                    // Rows usually list their columns in schema order: try the next one first.
+                    let mut next = 0;
                     loop {
                         if r.next_token()? != b'"' {
                             return None;
                         }
-                        let column = table.column_index(&r.string()?)?;
+                        let key = r.string()?;
+                        let column = match schema_columns.get(next) {
+                            Some(c) if c.name == key => next,
+                            _ => table.column_index(&key)?,
+                        };
+                        next = column + 1;
                         if r.next_token()? != b':' {
                             return None;
                         }

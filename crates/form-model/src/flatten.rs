@@ -283,7 +283,7 @@ fn write_columns(
         }
         *first = false;
         out.push(b'"');
-        out.extend_from_slice(path);
+        put(out, path);
         write_text(out, key);
         out.extend_from_slice(b"\":");
         match value {
@@ -361,7 +361,7 @@ fn write_i64(out: &mut Vec<u8>, v: i64) {
     if v < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(&buf[i..]);
+    put(out, &buf[i..]);
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -370,12 +370,43 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Appends `bytes`; short pieces 8 bytes at a time. In the SmartModule every copy of a
+/// length not known at compile time is a call out of the WASM code into the engine's
+/// `memory.copy`, which costs more than copying a key or a value here (measured: those
+/// calls were a quarter of the module's time).
+#[inline]
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.len() > 64 {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    out.reserve(bytes.len());
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let word: &[u8; 8] = word.try_into().expect("8 bytes");
+        out.extend_from_slice(word);
+    }
+    // The rest (0–7 bytes) as 4, 2 and 1: copies of fixed sizes, no call.
+    let mut rest = words.remainder();
+    if let Some((four, tail)) = rest.split_first_chunk::<4>() {
+        out.extend_from_slice(four);
+        rest = tail;
+    }
+    if let Some((two, tail)) = rest.split_first_chunk::<2>() {
+        out.extend_from_slice(two);
+        rest = tail;
+    }
+    if let Some(&one) = rest.first() {
+        out.push(one);
+    }
+}
+
 /// A parsed string's JSON text without the quotes: one borrowed from the input had no
 /// escapes there, so it needs none (see `Json::Str`) and is copied as it is.
 #[allow(clippy::ptr_arg, reason = "borrowed or owned is what it reads")]
 fn write_text(out: &mut Vec<u8>, s: &Cow<'_, str>) {
     match s {
-        Cow::Borrowed(s) => out.extend_from_slice(s.as_bytes()),
+        Cow::Borrowed(s) => put(out, s.as_bytes()),
         Cow::Owned(s) => write_escaped(out, s),
     }
 }
@@ -394,7 +425,7 @@ fn write_escaped(out: &mut Vec<u8>, s: &str) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
+                put(out, &bytes[start..i]);
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
@@ -404,11 +435,11 @@ fn write_escaped(out: &mut Vec<u8>, s: &str) {
             }
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
+        put(out, &bytes[start..i]);
         out.extend_from_slice(esc);
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
+    put(out, &bytes[start..]);
 }
 
 /// The event date (`YYYY-MM-DD`, UTC) of a row of either table, from its

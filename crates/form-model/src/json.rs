@@ -198,7 +198,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes `b` if it comes next (after whitespace).
-    #[cfg_attr(not(feature = "avro"), allow(dead_code, reason = "used by avro_encode"))]
+    #[cfg_attr(
+        not(feature = "avro"),
+        allow(dead_code, reason = "used by avro_encode")
+    )]
     pub(crate) fn eat(&mut self, b: u8) -> bool {
         self.skip_ws();
         let found = self.s.get(self.i) == Some(&b);
