@@ -110,6 +110,11 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
     }
     let mut seen = [false; 2];
     let mut slots: Vec<Option<Scalar<'_>>> = Vec::new();
+    // The field rows of one record end with the same `form_…` columns, written the same
+    // way: the text of the previous row's tail (from its first `form_…` key to its `}`)
+    // and what it set. A row whose tail is the same text gets the same assignments, in the
+    // same order, without parsing it again.
+    let mut tail = Tail::default();
     loop {
         if r.next_token()? != b'"' {
             return None;
@@ -123,6 +128,8 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
         }
         let schema_columns = table.columns();
         let columns = schema_columns.len();
+        let tail_from = tail_start(table);
+        tail.clear();
         if !r.eat(b']') {
             loop {
                 if r.next_token()? != b'{' {
@@ -133,7 +140,9 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                 if !r.eat(b'}') {
                     // Rows usually list their columns in schema order: try the next one first.
                     let mut next = 0;
+                    let mut in_tail: Option<usize> = None;
                     loop {
+                        let key_at = r.pos();
                         if r.next_token()? != b'"' {
                             return None;
                         }
@@ -143,11 +152,22 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                             _ => table.column_index(&key)?,
                         };
                         next = column + 1;
+                        if in_tail.is_none() && column >= tail_from {
+                            if let Some(end) = tail.matches(value, key_at) {
+                                for (c, v) in &tail.sets {
+                                    slots[*c] = Some(v.clone());
+                                }
+                                r.set_pos(end);
+                                break;
+                            }
+                            in_tail = Some(key_at);
+                            tail.sets.clear();
+                        }
                         if r.next_token()? != b':' {
                             return None;
                         }
                         // A repeated key keeps its last value, as a JSON object parse does.
-                        slots[column] = Some(match r.next_token()? {
+                        let v = match r.next_token()? {
                             b'"' => Scalar::Str(r.string()?),
                             b'-' | b'0'..=b'9' => {
                                 let n = r.number_after()?;
@@ -162,10 +182,19 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                                 Json::Bool(b) => Scalar::Bool(b),
                                 _ => Scalar::Null,
                             },
-                        });
+                        };
+                        if in_tail.is_some() {
+                            tail.sets.push((column, v.clone()));
+                        }
+                        slots[column] = Some(v);
                         match r.next_token()? {
                             b',' => {}
-                            b'}' => break,
+                            b'}' => {
+                                if let Some(start) = in_tail {
+                                    tail.text = start..r.pos();
+                                }
+                                break;
+                            }
                             _ => return None,
                         }
                     }
@@ -185,6 +214,41 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
         }
     }
     (seen == [true; 2] && r.at_end()).then_some(())
+}
+
+/// The first column of a table's shared tail: `form_field` rows end with the form's columns
+/// (`form_…`, last in the schema); `form` has none.
+fn tail_start(table: Table) -> usize {
+    match table {
+        Table::Form => usize::MAX,
+        Table::FormField => table
+            .columns()
+            .iter()
+            .position(|c| c.name.starts_with("form_"))
+            .unwrap_or(usize::MAX),
+    }
+}
+
+/// The previous row's tail: its text in the value and the columns it set, in order.
+#[derive(Default)]
+struct Tail<'a> {
+    text: std::ops::Range<usize>,
+    sets: Vec<(usize, Scalar<'a>)>,
+}
+
+impl Tail<'_> {
+    fn clear(&mut self) {
+        self.text = 0..0;
+        self.sets.clear();
+    }
+
+    /// Where the row ends if its text from `at` on repeats the previous row's tail (which
+    /// ends with the row's `}`).
+    fn matches(&self, value: &[u8], at: usize) -> Option<usize> {
+        let text = value.get(self.text.clone()).filter(|t| !t.is_empty())?;
+        let end = at + text.len();
+        (value.get(at..end)? == text).then_some(end)
+    }
 }
 
 struct State<'o> {
@@ -429,7 +493,7 @@ pub fn put_long(buf: &mut Vec<u8>, v: i64) {
 
 /// A JSON value as far as a column cares: scalars borrowed from the input, containers only
 /// named (they never fit a column).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Scalar<'de> {
     Null,
     Bool(bool),
@@ -725,6 +789,11 @@ mod tests {
             format!(r#"{{"form":[{{{form},"title":"again","id":"b"}}],"form_field":[]}}"#),
             format!(r#"{{"form":[{{{form},"type":null}}],"form_field":[]}}"#),
             r#"{"form":[],"form_field":[]}"#.to_owned(),
+            // Field rows sharing a tail, or nearly: the tail text is reused only when equal.
+            format!(
+                r#"{{"form":[{{{form}}}],"form_field":[{{{field}}},{{"id":"g",{}}},{{"id":"h","type":"x","form_id":"a","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":-86400000001,"form_event_type":"y"}},{{"id":"i","form_id":"b","type":"t","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x"}},{{"id":"j","type":"t","form_id":"b","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x"}},{{"id":"k","type":"t","form_id":"b","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x" }}]}}"#,
+                &field[9..]
+            ),
         ];
         for case in crate::golden::load_cases() {
             let mut out = Vec::new();

@@ -183,6 +183,25 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The position of the next byte.
+    #[cfg_attr(
+        not(feature = "avro"),
+        allow(dead_code, reason = "used by avro_encode")
+    )]
+    pub(crate) fn pos(&self) -> usize {
+        self.i
+    }
+
+    /// Continues at `pos` (a position this reader answered before, or the end of a text
+    /// it has already read there).
+    #[cfg_attr(
+        not(feature = "avro"),
+        allow(dead_code, reason = "used by avro_encode")
+    )]
+    pub(crate) fn set_pos(&mut self, pos: usize) {
+        self.i = pos;
+    }
+
     /// Whether only whitespace is left.
     pub(crate) fn at_end(&mut self) -> bool {
         self.skip_ws();
