@@ -25,11 +25,8 @@ use tower::limit::ConcurrencyLimitLayer;
 use tracing::{debug, warn};
 
 use crate::config::EnrichConfig;
-
-/// Connections being opened at once (the rest of the requests wait for one, or for a pooled
-/// connection to come free). Far below a listen backlog (Linux's default `somaxconn` 4096,
-/// tokio's 1024) yet enough to open hundreds of local connections in milliseconds.
-const MAX_CONNECTING: usize = 32;
+use crate::http1::HttpError;
+use crate::http1::{Http1Pool, MAX_CONNECTING};
 
 /// The API's answer for one form id.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,13 +73,24 @@ impl std::fmt::Debug for Enricher {
     }
 }
 
+/// How requests are sent: our own HTTP/1.1 pool for `http://`, reqwest for `https://`.
+enum Transport {
+    Http1(Http1Pool),
+    Reqwest {
+        client: reqwest::Client,
+        /// `base` parsed once (a request only sets the path: no URL parsing per request).
+        base_url: reqwest::Url,
+        token: Option<Secret>,
+        /// Requests in flight (each holds a connection).
+        slots: tokio::sync::Semaphore,
+    },
+}
+
 struct Inner {
-    client: reqwest::Client,
+    transport: Transport,
     base: String,
-    /// `base` parsed once (a request only sets the path: no URL parsing per request).
-    base_url: reqwest::Url,
+    /// Path of `{uri}/internal.forms/` (a request appends the encoded id).
     base_path: String,
-    token: Option<Secret>,
     timeout: Duration,
     retry: RetryPolicy,
     ttl: Duration,
@@ -99,31 +107,41 @@ struct Inner {
 }
 
 impl Enricher {
-    /// A client for `cfg` (pooled connections, rustls).
+    /// A client for `cfg`: pooled keep-alive connections, at most `enrich.connections` (one
+    /// request each at a time), opened a few at a time.
     pub fn new(cfg: &EnrichConfig, health: Health) -> anyhow::Result<Self> {
-        // Every request of a full window may hold a connection: keep them all idle between
-        // windows (a smaller pool closes most after each burst and reopens them, leaving
-        // thousands of sockets in TIME-WAIT and overflowing the server's accept queue).
-        // New connections are opened a few at a time: a window of cache misses at start would
-        // otherwise open `concurrency` connections at once, overflow the server's accept queue
-        // and wait a SYN retransmission (1 s). Requests meanwhile reuse connections freed by
-        // others; the pool still grows to what the load needs.
-        let client = reqwest::Client::builder()
-            .http1_only()
-            .pool_max_idle_per_host(cfg.concurrency)
-            .connect_timeout(cfg.timeout)
-            .connector_layer(ConcurrencyLimitLayer::new(MAX_CONNECTING))
-            .tcp_nodelay(true)
-            .build()?;
         let base = format!("{}/internal.forms/", cfg.uri.as_str().trim_end_matches('/'));
         let base_url = reqwest::Url::parse(&base)?;
+        let transport = if base_url.scheme() == "http" {
+            Transport::Http1(Http1Pool::new(
+                &base_url,
+                cfg.max_connections(),
+                cfg.token.as_ref().map(Secret::expose),
+            )?)
+        } else {
+            // Every request of a full window may hold a connection: keep them all idle between
+            // windows (a smaller pool closes most after each burst and reopens them). New
+            // connections are opened a few at a time (a window of misses at start would
+            // overflow the server's accept queue and wait a SYN retransmission, 1 s).
+            let client = reqwest::Client::builder()
+                .http1_only()
+                .pool_max_idle_per_host(cfg.max_connections())
+                .connect_timeout(cfg.timeout)
+                .connector_layer(ConcurrencyLimitLayer::new(MAX_CONNECTING))
+                .tcp_nodelay(true)
+                .build()?;
+            Transport::Reqwest {
+                client,
+                base_url: base_url.clone(),
+                token: cfg.token.clone(),
+                slots: tokio::sync::Semaphore::new(cfg.max_connections()),
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                transport,
                 base_path: base_url.path().to_owned(),
-                base_url,
                 base,
-                token: cfg.token.clone(),
                 timeout: cfg.timeout,
                 retry: cfg.retry.clone(),
                 ttl: cfg.cache.ttl,
@@ -293,39 +311,39 @@ impl Inner {
 
     /// One request: `Ok` for a definite answer, `Err` (transient, with why) to retry.
     async fn fetch_once(&self, id: &str) -> Result<Fetched, String> {
-        let mut url = self.base_url.clone();
-        url.set_path(&format!("{}{}", self.base_path, encode_path_segment(id)));
-        let mut req = self.client.get(url).timeout(self.timeout);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t.expose());
-        }
+        let mut path = String::with_capacity(self.base_path.len() + id.len() + 8);
+        path.push_str(&self.base_path);
+        encode_path_segment(id, &mut path);
         let started = Instant::now();
-        let result = async {
-            let resp = req.send().await?;
-            let status = resp.status().as_u16();
-            let date = resp
-                .headers()
-                .get(reqwest::header::DATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_http_date);
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, date, body))
-        }
-        .await;
+        let result = match &self.transport {
+            Transport::Http1(pool) => pool.get(&path, self.timeout).await.map(|a| {
+                let date = a
+                    .date
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_http_date);
+                (a.status, date, a.body)
+            }),
+            Transport::Reqwest {
+                client,
+                base_url,
+                token,
+                slots,
+            } => {
+                let _slot = slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                fetch_reqwest(client, base_url, &path, token.as_ref(), self.timeout).await
+            }
+        };
         self.request_duration
             .record(started.elapsed().as_secs_f64());
         let (status, date, body) = match result {
             Ok(x) => x,
             Err(e) => {
-                let kind = if e.is_timeout() {
-                    "timeout"
-                } else if e.is_connect() {
-                    "connect_error"
-                } else {
-                    "error"
-                };
-                counter!("forms_api_responses_total", "status" => kind).increment(1);
-                return Err(format!("{kind}: {e}"));
+                counter!("forms_api_responses_total", "status" => e.kind()).increment(1);
+                return Err(e.to_string());
             }
         };
         if status == 200 {
@@ -351,6 +369,43 @@ impl Inner {
             ))),
         }
     }
+}
+
+/// `GET path` with reqwest (`https://` APIs).
+async fn fetch_reqwest(
+    client: &reqwest::Client,
+    base_url: &reqwest::Url,
+    path: &str,
+    token: Option<&Secret>,
+    timeout: Duration,
+) -> Result<(u16, Option<i64>, bytes::Bytes), HttpError> {
+    let mut url = base_url.clone();
+    url.set_path(path);
+    let mut req = client.get(url).timeout(timeout);
+    if let Some(t) = token {
+        req = req.bearer_auth(t.expose());
+    }
+    let result = async {
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, date, body))
+    }
+    .await;
+    result.map_err(|e| {
+        if e.is_timeout() {
+            HttpError::Timeout
+        } else if e.is_connect() {
+            HttpError::Connect(e.to_string())
+        } else {
+            HttpError::Other(e.to_string())
+        }
+    })
 }
 
 /// Checks an answer body: a JSON form (form-model's rules) whose `id` is the requested one.
@@ -457,17 +512,19 @@ fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// Percent-encodes everything but unreserved characters (form ids are opaque strings).
-fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Appends `s` to `out`, percent-encoding everything but unreserved characters (form ids are
+/// opaque strings).
+fn encode_path_segment(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -527,6 +584,8 @@ mod tests {
             Some(1_664_715_616_000_000)
         );
         assert_eq!(parse_http_date("yesterday"), None);
-        assert_eq!(encode_path_segment("ab/c d"), "ab%2Fc%20d");
+        let mut s = String::from("/x/");
+        encode_path_segment("ab/c d\u{e9}", &mut s);
+        assert_eq!(s, "/x/ab%2Fc%20d%C3%A9");
     }
 }

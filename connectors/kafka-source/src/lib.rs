@@ -4,4 +4,5 @@
 
 pub mod config;
 pub mod enrich;
+mod http1;
 pub mod source;
