@@ -252,6 +252,15 @@ impl TxnCommitter {
     }
 }
 
+/// A commit running on a blocking thread (see [`Manager::start_commit`]).
+#[derive(Debug)]
+pub(crate) struct RunningCommit {
+    offsets: Vec<(i32, i64, String)>,
+    letters: Vec<(i32, DeadLetter)>,
+    /// The transaction; its result goes to [`Manager::finish_commit`].
+    pub(crate) task: tokio::task::JoinHandle<Result<(), CommitError>>,
+}
+
 /// Tracks segments, runs the uploads, and commits.
 pub(crate) struct Manager {
     uploader: Uploader,
@@ -506,8 +515,23 @@ impl Manager {
         oldest.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
     }
 
-    /// Commits whatever became committable. `Err` only for a fatal producer error.
+    /// Commits whatever became committable, and waits for it. `Err` only for a fatal
+    /// producer error.
     pub(crate) async fn commit_round(&mut self) -> Result<(), CommitError> {
+        match self.start_commit() {
+            Some(mut running) => {
+                let result = (&mut running.task).await;
+                self.finish_commit(running, result)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Starts committing whatever became committable, on a blocking thread: the loop goes on
+    /// consuming meanwhile. `None` when there is nothing new to commit. The caller awaits
+    /// [`RunningCommit::task`] and hands the result to [`Manager::finish_commit`]; one commit
+    /// runs at a time (the producer has one transaction open at most).
+    pub(crate) fn start_commit(&mut self) -> Option<RunningCommit> {
         let mut offsets = Vec::new();
         let mut letters = Vec::new();
         for (part, p) in self.partitions.iter_mut() {
@@ -527,14 +551,31 @@ impl Manager {
             offsets.push((*part, wanted.0, wanted.1));
         }
         if offsets.is_empty() {
-            return Ok(());
+            return None;
         }
         let committer = self.committer.clone();
         let (o, l) = (offsets.clone(), letters.clone());
-        let res = tokio::task::spawn_blocking(move || committer.commit(&o, &l))
-            .await
-            .expect("commit task panicked");
-        match res {
+        let task = tokio::task::spawn_blocking(move || committer.commit(&o, &l));
+        Some(RunningCommit {
+            offsets,
+            letters,
+            task,
+        })
+    }
+
+    /// Applies the outcome of a commit started by [`Manager::start_commit`]. A partition
+    /// revoked meanwhile is skipped; one assigned again meanwhile read its committed offset
+    /// after this commit (a `read_committed` consumer's offset fetch waits for pending
+    /// transactional offsets), so the result holds for it too.
+    pub(crate) fn finish_commit(
+        &mut self,
+        running: RunningCommit,
+        result: Result<Result<(), CommitError>, tokio::task::JoinError>,
+    ) -> Result<(), CommitError> {
+        let RunningCommit {
+            offsets, letters, ..
+        } = running;
+        match result.expect("commit task panicked") {
             Ok(()) => {
                 self.dlq_sent += letters.len() as u64;
                 for (_, l) in &letters {

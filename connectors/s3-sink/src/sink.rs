@@ -17,7 +17,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::commit::{Manager, TxnCommitter, parse_seal};
+use crate::commit::{CommitError, Manager, RunningCommit, TxnCommitter, parse_seal};
 use crate::config::SinkConfig;
 use crate::pipeline::{Cmd, InFlightBudget, InRecord, Pipeline, PipelineSettings};
 use crate::tables::TableCodec;
@@ -34,10 +34,10 @@ const BATCH_MAX: usize = 1000;
 /// 1 MiB mmap threshold set in `main.rs`.
 const BATCH_MAX_BYTES: usize = 256 << 10;
 /// Commands queued for the pipeline thread: at most 48 batches of `BATCH_MAX_BYTES` (12 MiB of
-/// input). The loop below stops feeding the pipeline while it awaits a commit (100–200 ms every
-/// `commit.interval`), so the queue must hold that long of work: with 4 the pipeline starved
-/// (`make bench` sink stage, 300k records: 4 → 11.3k/s, 16 → 13.1k/s, 48 → 16.7–17.2k/s at the
-/// same CPU time).
+/// input). It was sized when the loop stopped feeding the pipeline while it awaited each commit
+/// (100–200 ms every `commit.interval`): with 4 the pipeline starved (`make bench` sink stage,
+/// 300k records: 4 → 11.3k/s, 16 → 13.1k/s, 48 → 16.7–17.2k/s at the same CPU time). Commits
+/// now run beside the loop; the queue still absorbs an upload or a rebalance pause.
 const CMD_CAPACITY: usize = 48;
 /// Events queued from the pipeline thread (parts carry their own memory budget).
 const EVENT_CAPACITY: usize = 1024;
@@ -203,6 +203,8 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_commit = Instant::now();
+    // The commit running on a blocking thread, if any: the loop keeps consuming meanwhile.
+    let mut running: Option<RunningCommit> = None;
     let mut last_idle_tick = Instant::now();
     health.set_ready(true);
     info!(%topic, group = cfg.group(), "Sink running.");
@@ -262,6 +264,10 @@ pub(crate) async fn run(
             biased;
             Some(ev) = ev_rx.recv() => manager.on_event(ev),
             Some(done) = manager.done_rx.recv() => manager.on_done(done),
+            result = commit_result(&mut running) => {
+                let finished = running.take().expect("a commit was running");
+                manager.finish_commit(finished, result)?;
+            }
             permit = cmd_tx.reserve(), if !pending.is_empty() => {
                 permit.context("the pipeline thread stopped")?.send(pending.pop_front().expect("non-empty"));
             }
@@ -277,13 +283,13 @@ pub(crate) async fn run(
                     pending.push_back(Cmd::Tick);
                     last_idle_tick = Instant::now();
                 }
-                if last_commit.elapsed() >= cfg.commit.interval || draining {
-                    manager.commit_round().await?;
+                if running.is_none() && (last_commit.elapsed() >= cfg.commit.interval || draining) {
+                    running = manager.start_commit();
                     last_commit = Instant::now();
                 }
                 metrics::gauge!("s3_sink_oldest_pending_record_age_seconds").set(manager.oldest_pending_age());
                 metrics::gauge!("s3_sink_inflight_bytes").set(inflight.used() as f64);
-                if draining && manager.drained && pending.is_empty() && manager.quiescent() {
+                if draining && manager.drained && pending.is_empty() && running.is_none() && manager.quiescent() {
                     break;
                 }
             }
@@ -340,6 +346,16 @@ pub(crate) async fn run(
     drop(manager);
     close_consumer(consumer, CLOSE_TIMEOUT);
     Ok(())
+}
+
+/// The result of the running commit; never ready when none runs.
+async fn commit_result(
+    running: &mut Option<RunningCommit>,
+) -> Result<Result<(), CommitError>, tokio::task::JoinError> {
+    match running {
+        Some(r) => (&mut r.task).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long the consumer may take to leave the group at exit.
