@@ -20,6 +20,7 @@ use connector_common::telemetry::Health;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use metrics::{Counter, Histogram, counter, histogram};
+use reqwest::header::HeaderValue;
 use serde_json::Value;
 use tower::limit::ConcurrencyLimitLayer;
 use tracing::{debug, warn};
@@ -47,7 +48,7 @@ pub struct Fetched {
     /// `Date` header of the answer, else the local clock: microseconds since the epoch.
     pub retrieved_micros: i64,
     /// `retrieved_micros` as RFC 3339 UTC text (`retrieved_timestamp` of the enriched record).
-    pub retrieved_text: Box<str>,
+    pub retrieved_text: Arc<str>,
     /// Local instant of the answer (for the TTL).
     pub at: Instant,
 }
@@ -96,6 +97,8 @@ struct Inner {
     ttl: Duration,
     max_entries: usize,
     slots: Mutex<HashMap<String, Slot>>,
+    /// The last `Date` header seen, with its time and text: answers within a second share it.
+    last_date: Mutex<Option<(HeaderValue, i64, Arc<str>)>>,
     next_id: AtomicU64,
     consecutive_failures: AtomicU64,
     health: Health,
@@ -147,6 +150,7 @@ impl Enricher {
                 ttl: cfg.cache.ttl,
                 max_entries: cfg.cache.max_entries,
                 slots: Mutex::new(HashMap::new()),
+                last_date: Mutex::new(None),
                 next_id: AtomicU64::new(0),
                 consecutive_failures: AtomicU64::new(0),
                 health,
@@ -309,6 +313,26 @@ impl Inner {
         }
     }
 
+    /// When an answer was retrieved (its `Date` header, else the local clock), as microseconds
+    /// and RFC 3339 text.
+    fn retrieved(&self, date: Option<&HeaderValue>) -> (i64, Arc<str>) {
+        if let Some(d) = date {
+            if let Some((h, micros, text)) = &*self.last_date.lock().expect("date lock")
+                && h == d
+            {
+                return (*micros, text.clone());
+            }
+            if let Some(micros) = d.to_str().ok().and_then(parse_http_date) {
+                let text: Arc<str> = form_model::format_rfc3339_micros(micros).into();
+                *self.last_date.lock().expect("date lock") =
+                    Some((d.clone(), micros, text.clone()));
+                return (micros, text);
+            }
+        }
+        let micros = now_micros();
+        (micros, form_model::format_rfc3339_micros(micros).into())
+    }
+
     /// One request: `Ok` for a definite answer, `Err` (transient, with why) to retry.
     async fn fetch_once(&self, id: &str) -> Result<Fetched, String> {
         let mut path = String::with_capacity(self.base_path.len() + id.len() + 8);
@@ -316,14 +340,10 @@ impl Inner {
         encode_path_segment(id, &mut path);
         let started = Instant::now();
         let result = match &self.transport {
-            Transport::Http1(pool) => pool.get(&path, self.timeout).await.map(|a| {
-                let date = a
-                    .date
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_http_date);
-                (a.status, date, a.body)
-            }),
+            Transport::Http1(pool) => pool
+                .get(&path, self.timeout)
+                .await
+                .map(|a| (a.status, a.date, a.body)),
             Transport::Reqwest {
                 client,
                 base_url,
@@ -351,12 +371,12 @@ impl Inner {
         } else {
             counter!("forms_api_responses_total", "status" => status.to_string()).increment(1);
         }
-        let retrieved_micros = date.unwrap_or_else(now_micros);
+        let (retrieved_micros, retrieved_text) = self.retrieved(date.as_ref());
         let done = |answer| {
             Ok(Fetched {
                 answer,
                 retrieved_micros,
-                retrieved_text: form_model::format_rfc3339_micros(retrieved_micros).into(),
+                retrieved_text,
                 at: Instant::now(),
             })
         };
@@ -378,7 +398,7 @@ async fn fetch_reqwest(
     path: &str,
     token: Option<&Secret>,
     timeout: Duration,
-) -> Result<(u16, Option<i64>, bytes::Bytes), HttpError> {
+) -> Result<(u16, Option<HeaderValue>, bytes::Bytes), HttpError> {
     let mut url = base_url.clone();
     url.set_path(path);
     let mut req = client.get(url).timeout(timeout);
@@ -388,11 +408,7 @@ async fn fetch_reqwest(
     let result = async {
         let resp = req.send().await?;
         let status = resp.status().as_u16();
-        let date = resp
-            .headers()
-            .get(reqwest::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_http_date);
+        let date = resp.headers().get(reqwest::header::DATE).cloned();
         let body = resp.bytes().await?;
         Ok::<_, reqwest::Error>((status, date, body))
     }
@@ -454,24 +470,41 @@ fn valid_form_fast(id: &str, body: &[u8]) -> Option<Arc<str>> {
     Some(Arc::from(text))
 }
 
-/// Removes whitespace outside strings from valid JSON text.
+/// Removes whitespace outside strings from valid JSON text (copying runs, not bytes).
 fn minify_json(json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in json {
-        if in_string {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-            out.push(b);
-            in_string = b == b'"';
+    let n = json.len();
+    let mut i = 0;
+    while i < n {
+        // Outside strings: copy up to the next whitespace or string.
+        let start = i;
+        while i < n && !matches!(json[i], b' ' | b'\n' | b'\r' | b'\t' | b'"') {
+            i += 1;
         }
+        out.extend_from_slice(&json[start..i]);
+        if i == n {
+            break;
+        }
+        if json[i] != b'"' {
+            i += 1; // whitespace: dropped
+            continue;
+        }
+        // A string: copy it whole, through its closing quote (an escaped character is skipped
+        // with its backslash, so `\"` does not end it).
+        let start = i;
+        i += 1;
+        while i < n {
+            match json[i] {
+                b'"' => {
+                    i += 1;
+                    break;
+                }
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+        out.extend_from_slice(&json[start..i.min(n)]);
+        i = i.min(n);
     }
     out
 }
@@ -575,6 +608,16 @@ mod tests {
                 assert_eq!(Answer::Form(fast), validate_form_slow("a", body));
             }
         }
+    }
+
+    #[test]
+    fn minify_keeps_strings_and_drops_the_rest() {
+        assert_eq!(
+            minify_json(b" {\n \"a b\" :\t\"x \\\" y\\\\\" , \"c\" : [ 1 , -2.5e3 , true , null , { } ] }\r\n"),
+            br#"{"a b":"x \" y\\","c":[1,-2.5e3,true,null,{}]}"#
+        );
+        assert_eq!(minify_json(br#""\\""#), br#""\\""#);
+        assert_eq!(minify_json(b""), b"");
     }
 
     #[test]

@@ -46,7 +46,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
@@ -100,9 +100,14 @@ pub struct Stats {
     pub paused: AtomicBool,
 }
 
+/// The producer: delivery reports are not awaited one by one (`commit_transaction` fails if
+/// any record of the transaction failed), so no per-record future or channel (as
+/// `FutureProducer` makes); its thread serves the reports.
+type TxnProducer = ThreadedProducer<DefaultProducerContext>;
+
 /// The transaction state shared by the loop, the commit thread and the rebalance callback.
 struct Txn {
-    producer: Arc<FutureProducer>,
+    producer: Arc<TxnProducer>,
     /// A transaction is open (begun, neither committed nor aborted).
     open: AtomicBool,
     /// Held by a commit from its first call to its end, and by a revoke while it aborts: a
@@ -322,7 +327,7 @@ pub async fn run(
             cfg.source.transaction_timeout.as_millis().to_string(),
         )
         .set("enable.idempotence", "true");
-    let producer: Arc<FutureProducer> = Arc::new(pc.create().context("creating the producer")?);
+    let producer: Arc<TxnProducer> = Arc::new(pc.create().context("creating the producer")?);
     let txn = Arc::new(Txn {
         producer: producer.clone(),
         open: AtomicBool::new(false),
@@ -781,15 +786,15 @@ async fn produce(
         }
     };
     loop {
-        let mut rec = FutureRecord::to(topic).payload(value);
+        let mut rec = BaseRecord::to(topic).payload(value);
         if !key.is_empty() || matches!(p.output, Output::Enriched { .. }) || p.key.is_some() {
             rec = rec.key(key);
         }
         if let Some(h) = headers.clone() {
             rec = rec.headers(h);
         }
-        match producer.send_result(rec) {
-            Ok(_delivery) => break, // delivery is checked by commit_transaction
+        match producer.send(rec) {
+            Ok(()) => break, // delivery is checked by commit_transaction
             Err((
                 KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
                 _,
