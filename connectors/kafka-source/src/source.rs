@@ -270,6 +270,57 @@ struct Meters {
     committed_records: Counter,
 }
 
+/// How long the consumer may take to leave the group at exit.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Owns the consumer; whichever way `run` ends (errors included), closes it on a thread of its
+/// own and waits at most [`CLOSE_TIMEOUT`].
+///
+/// librdkafka's close can block for good when the group's assignment arrives while it closes:
+/// rust-rdkafka serves that rebalance by calling `assign`, which waits on the closing group
+/// forever (s3-sink hit it on a SIGTERM during the group join). The normal exit unsubscribes
+/// first, which we could not make hang (SIGTERM 100 ms–10 s into the join, with and without a
+/// dead member holding the group); an error exit drops the consumer still subscribed. Either
+/// way nothing uncommitted remains: the process exits, and the broker expires the member.
+struct ClosingConsumer(Option<StreamConsumer<Ctx>>);
+
+impl std::ops::Deref for ClosingConsumer {
+    type Target = StreamConsumer<Ctx>;
+
+    fn deref(&self) -> &StreamConsumer<Ctx> {
+        self.0.as_ref().expect("the consumer is kept until drop")
+    }
+}
+
+impl Drop for ClosingConsumer {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("consumer-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = done_tx.send(());
+            });
+        match closing {
+            Ok(_) => {
+                if done_rx.recv_timeout(CLOSE_TIMEOUT).is_err() {
+                    warn!(
+                        timeout = ?CLOSE_TIMEOUT,
+                        "The Kafka consumer did not leave the group in time (a rebalance was in \
+                         progress); exiting anyway: the broker expires this member after its \
+                         session timeout."
+                    );
+                }
+            }
+            // The closure, and the consumer with it, was dropped here: closed inline.
+            Err(e) => warn!(error = %e, "No thread to close the consumer on: closed inline."),
+        }
+    }
+}
+
 /// Runs the connector until shutdown or `--max-records`.
 pub async fn run(
     cfg: SourceConfig,
@@ -356,9 +407,10 @@ pub async fn run(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
-    let consumer: StreamConsumer<Ctx> = cc
-        .create_with_context(ctx)
-        .context("creating the consumer")?;
+    let consumer = ClosingConsumer(Some(
+        cc.create_with_context(ctx)
+            .context("creating the consumer")?,
+    ));
     consumer
         .subscribe(&[&input_topic])
         .with_context(|| format!("subscribing to {input_topic}"))?;
