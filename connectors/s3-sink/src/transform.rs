@@ -25,6 +25,8 @@
 //!   one did could, after a crash in the middle of the upgrade, leave an object of the first
 //!   run that the replay does not overwrite. `form-flatten` versions keep table and date.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use anyhow::Context as _;
 use connector_common::dlq::DlqReason;
 use form_model::avro_encode::{EncodeError, EncodedRows, encode_output};
@@ -133,21 +135,27 @@ pub(crate) fn encode_rows(
 
 /// Batches smaller than this run on one thread (a thread hand-off costs more than it saves).
 const PARALLEL_MIN_RECORDS: usize = 64;
+/// Records per transform call when a batch is shared by two threads (the engine's cost per
+/// call is small: `examples/profile_flatten.rs` gives the same µs per record at 80 and 1,000).
+const CHUNK_RECORDS: usize = 32;
 
-/// The sink's chain: the watched chain, plus a second instance of the same modules that
-/// transforms and encodes the second half of each batch on another thread (the records of a
-/// batch are independent; the WASM call and the row encoding are most of the sink's CPU).
+/// The sink's chain: the watched chain, plus a second instance of the same modules on another
+/// thread; both take chunks of each batch until none is left (the records of a batch are
+/// independent; the WASM call and the row encoding are most of the sink's CPU).
 ///
 /// Both halves always run the same module bytes: the helper is rebuilt from the files
 /// whenever the watched chain swaps, and used only if its sha256s equal the watched chain's.
-/// A swap that lands inside a batch (at the start of the watched chain's call) makes the
-/// second half run again on the watched chain, so one batch never mixes module versions.
+/// A swap that lands inside a batch (at the start of one of the watched chain's calls) makes
+/// the whole batch run again on the watched chain, so one batch never mixes module versions.
 pub(crate) struct ParallelChain {
     main: TransformChain,
     steps: Vec<TransformStep>,
     helper: Option<TransformChain>,
     /// The watched chain's generation the helper was last built (or tried) for.
     helper_generation: Option<u64>,
+    /// The helper's thread, kept for the sink's life: a new thread per batch (`clone3`, the
+    /// engine's per-thread set-up) was ~30% of the pipeline thread's samples.
+    pool: Option<rayon_core::ThreadPool>,
 }
 
 impl ParallelChain {
@@ -159,13 +167,27 @@ impl ParallelChain {
             steps: steps.to_vec(),
             helper: None,
             helper_generation: None,
+            pool: None,
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         if cores < 2 {
             info!("One core: the transform chain runs on the pipeline thread only.");
             chain.helper_generation = Some(u64::MAX);
-        } else {
-            chain.helper_ready();
+            return Ok(chain);
+        }
+        match rayon_core::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "pipeline-helper".into())
+            .build()
+        {
+            Ok(pool) => {
+                chain.pool = Some(pool);
+                chain.helper_ready();
+            }
+            Err(e) => {
+                warn!(error = %e, "Could not start the helper thread: the transforms run on the pipeline thread only.");
+                chain.helper_generation = Some(u64::MAX);
+            }
         }
         Ok(chain)
     }
@@ -222,29 +244,40 @@ impl Transform for ParallelChain {
             return prepare_with(&mut self.main, inputs);
         }
         let generation = self.main.generation();
-        let (first, second) = inputs.split_at(inputs.len() / 2);
-        let Self { main, helper, .. } = self;
+        let chunks: Vec<&[Input<'_>]> = inputs.chunks(CHUNK_RECORDS).collect();
+        let next = AtomicUsize::new(0);
+        // Both threads take the next chunk until none is left: on a busy machine the helper
+        // may start late or run slowly, and the pipeline thread then does more of the batch
+        // instead of waiting for it.
+        let take_chunks = |chain: &mut TransformChain| {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(chunk) = chunks.get(i) else {
+                    return done;
+                };
+                done.push((i, prepare_with(chain, chunk)));
+            }
+        };
+        let Self {
+            main, helper, pool, ..
+        } = self;
         let helper = helper.as_mut().expect("helper_ready");
-        let (mut prepared, rest) = std::thread::scope(|s| {
-            let other = std::thread::Builder::new()
-                .name("pipeline-helper".into())
-                .spawn_scoped(s, || prepare_with(helper, second));
-            let first = prepare_with(main, first);
-            let rest = match other {
-                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                // No thread: this one does the second half too.
-                Err(_) => prepare_with(main, second),
-            };
-            (first, rest)
+        let pool = pool.as_ref().expect("helper_ready: a pool");
+        let mut theirs = Vec::new();
+        let mut results = pool.in_place_scope(|s| {
+            s.spawn(|_| theirs = take_chunks(helper));
+            take_chunks(main)
         });
-        if main.generation() == generation {
-            prepared.extend(rest);
-        } else {
-            // Swapped at the start of the first half's call: the second half ran the old
-            // module. Run it again on the new one.
-            prepared.extend(prepare_with(main, second));
+        results.append(&mut theirs);
+        if main.generation() != generation {
+            // Swapped at the start of one of the watched chain's calls: some chunks ran the
+            // old module. Run the whole batch again on the new one (one call: one version).
+            return prepare_with(main, inputs);
         }
-        prepared
+        results.sort_unstable_by_key(|(i, _)| *i);
+        debug_assert_eq!(results.len(), chunks.len());
+        results.into_iter().flat_map(|(_, p)| p).collect()
     }
 
     fn digests(&self) -> Vec<(String, String)> {
