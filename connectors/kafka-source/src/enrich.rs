@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use connector_common::Secret;
 use connector_common::retry::{ErrorClass, RetryPolicy, classify_http_status};
 use connector_common::telemetry::Health;
@@ -32,8 +33,9 @@ use crate::http1::{Http1Pool, MAX_CONNECTING};
 /// The API's answer for one form id.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// A valid form: its compact JSON text.
-    Form(Arc<str>),
+    /// A valid form: its compact JSON text (UTF-8; `Bytes` takes the minified buffer as is,
+    /// where an `Arc<str>` would copy it once more).
+    Form(Bytes),
     /// 404.
     NotFound,
     /// Not a form (not JSON, no id, another id, a 4xx other than 404/408/429): the detail.
@@ -262,7 +264,12 @@ impl Inner {
         {
             return; // a newer request replaced ours
         }
-        slots.insert(id.to_owned(), Slot::Ready(fetched));
+        match slots.get_mut(id) {
+            Some(slot) => *slot = Slot::Ready(fetched),
+            None => {
+                slots.insert(id.to_owned(), Slot::Ready(fetched));
+            }
+        }
         if slots.len() > self.max_entries {
             let ttl = self.ttl;
             slots.retain(|_, s| match s {
@@ -398,7 +405,7 @@ async fn fetch_reqwest(
     path: &str,
     token: Option<&Secret>,
     timeout: Duration,
-) -> Result<(u16, Option<HeaderValue>, bytes::Bytes), HttpError> {
+) -> Result<(u16, Option<HeaderValue>, Bytes), HttpError> {
     let mut url = base_url.clone();
     url.set_path(path);
     let mut req = client.get(url).timeout(timeout);
@@ -455,7 +462,7 @@ struct FieldProbe<'a> {
 
 /// The fast path of [`validate_form`]: `Some(text)` for an answer that is certainly valid,
 /// `None` to let the full check decide (and explain).
-fn valid_form_fast(id: &str, body: &[u8]) -> Option<Arc<str>> {
+fn valid_form_fast(id: &str, body: &[u8]) -> Option<Bytes> {
     let probe: FormProbe<'_> = serde_json::from_slice(body).ok()?;
     let fields_ok = probe
         .fields
@@ -466,8 +473,9 @@ fn valid_form_fast(id: &str, body: &[u8]) -> Option<Arc<str>> {
     if probe.id.is_empty() || probe.id != id || !fields_ok {
         return None;
     }
-    let text = String::from_utf8(minify_json(body)).ok()?;
-    Some(Arc::from(text))
+    let text = minify_json(body);
+    std::str::from_utf8(&text).ok()?;
+    Some(Bytes::from(text))
 }
 
 /// Removes whitespace outside strings from valid JSON text (copying runs, not bytes).
@@ -531,7 +539,7 @@ fn validate_form_slow(id: &str, body: &[u8]) -> Answer {
             ));
         }
     }
-    Answer::Form(Arc::from(value.to_string()))
+    Answer::Form(Bytes::from(value.to_string()))
 }
 
 /// `Date` header (`Tue, 25 Nov 2026 18:32:04 GMT`) → microseconds since the epoch.
@@ -577,7 +585,7 @@ mod tests {
         );
         assert_eq!(
             validate_form("a", br#"{ "id": "a", "title": "t" }"#),
-            Answer::Form(Arc::from(r#"{"id":"a","title":"t"}"#))
+            Answer::Form(Bytes::from_static(br#"{"id":"a","title":"t"}"#))
         );
         assert!(
             matches!(validate_form("a", br#"{"id":"","title":"t"}"#), Answer::Invalid(d) if d.contains("non-empty"))
@@ -601,7 +609,7 @@ mod tests {
             "{\n  \"id\": \"a\",\n  \"title\": \"Žluťoučký kůň\"\n}\n".as_bytes(),
         ] {
             let fast = valid_form_fast("a", body).expect("valid");
-            let slow: Value = serde_json::from_str(&fast).expect("JSON");
+            let slow: Value = serde_json::from_slice(&fast).expect("JSON");
             assert_eq!(slow, serde_json::from_slice::<Value>(body).unwrap());
             // Escapes are kept as the API wrote them; the rest is the same text.
             if !String::from_utf8_lossy(body).contains("\\u") {

@@ -25,7 +25,6 @@
 //! partition and nothing needs rewinding.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,9 +34,9 @@ use connector_common::Shutdown;
 use connector_common::dlq::{DlqInfo, DlqReason};
 use connector_common::retry::{ErrorClass, classify_kafka};
 use connector_common::telemetry::{Health, RateCounter};
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use metrics::{Counter, counter, gauge};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -78,6 +77,9 @@ const CONSUMER_QUEUED_MAX_KBYTES: &str = "16384";
 /// 1 s, caps the rate at one queue-full per partition per second once the queue bounds above
 /// are reached). Overridable in `kafka.properties`.
 const CONSUMER_FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// Records handled per pass of the loop (taken from the consumer, or finished enrichments):
+/// the `select!` and the checks around it cost about as much as a cached record.
+const LOOP_BATCH: usize = 64;
 /// Housekeeping period: gauges, batched counters, the pause check, the commit interval.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -538,34 +540,61 @@ pub async fn run(
                 }
             }
             Some(p) = inflight.next(), if !inflight.is_empty() => {
-                if p.epoch == consumer.context().epoch.load(Ordering::SeqCst) {
-                    if committing.is_some() {
-                        ready.push_back(p);
-                    } else {
-                        produce(&txn, &mut pending, p, &route).await?;
-                    }
-                }
-            }
-            m = consumer.recv(), if poll => {
-                let m = m.context("consuming")?;
-                let now_epoch = consumer.context().epoch.load(Ordering::SeqCst);
-                if now_epoch != epoch {
-                    inflight = FuturesOrdered::new();
-                    ready.clear();
-                    pending = Pending::default();
-                    epoch = now_epoch;
-                }
-                received_unreported += 1;
-                match prepare(&m, epoch, &enricher, &route) {
-                    Step::Done(p) if inflight.is_empty() => {
+                // This one and whatever else is already finished, up to a batch (one pass of
+                // the loop per batch, not per record). Rebalances run only inside `recv`, so
+                // the epoch holds for the whole batch.
+                let current = consumer.context().epoch.load(Ordering::SeqCst);
+                let mut next = Some(p);
+                let mut n = 0;
+                while let Some(p) = next {
+                    if p.epoch == current {
                         if committing.is_some() {
                             ready.push_back(p);
                         } else {
                             produce(&txn, &mut pending, p, &route).await?;
                         }
                     }
-                    Step::Done(p) => inflight.push_back(Box::pin(futures::future::ready(p))),
-                    Step::Wait(f) => inflight.push_back(f),
+                    n += 1;
+                    if n == LOOP_BATCH {
+                        break;
+                    }
+                    // A no-op waker here is fine: the next `select!` polls `inflight` again
+                    // with the task's own before waiting.
+                    next = inflight.next().now_or_never().flatten();
+                }
+            }
+            m = consumer.recv(), if poll => {
+                // This record and those already fetched, while the window has room, up to a batch.
+                let mut next = Some(m);
+                let mut taken: u64 = 0;
+                while let Some(m) = next {
+                    let m = m.context("consuming")?;
+                    let now_epoch = consumer.context().epoch.load(Ordering::SeqCst);
+                    if now_epoch != epoch {
+                        inflight = FuturesOrdered::new();
+                        ready.clear();
+                        pending = Pending::default();
+                        epoch = now_epoch;
+                    }
+                    received_unreported += 1;
+                    taken += 1;
+                    match prepare(&m, epoch, &enricher, &route) {
+                        Step::Done(p) if inflight.is_empty() => {
+                            if committing.is_some() {
+                                ready.push_back(p);
+                            } else {
+                                produce(&txn, &mut pending, p, &route).await?;
+                            }
+                        }
+                        Step::Done(p) => inflight.push_back(Box::pin(futures::future::ready(p))),
+                        Step::Wait(f) => inflight.push_back(f),
+                    }
+                    let room = inflight.len() < cap && ready.len() < READY_MAX;
+                    let limit = max_records.is_some_and(|n| committed_total + uncommitted + taken >= n);
+                    if !room || limit || taken == LOOP_BATCH as u64 {
+                        break;
+                    }
+                    next = consumer.recv().now_or_never();
                 }
             }
             _ = tick.tick() => {
@@ -766,9 +795,9 @@ fn build_output_with(
     partition: i32,
     offset: i64,
 ) -> Output {
-    let form: &str = match &fetched.answer {
+    let form: &[u8] = match &fetched.answer {
         Answer::Form(f) => f,
-        Answer::NotFound if event.is_deleted() => "null",
+        Answer::NotFound if event.is_deleted() => b"null",
         Answer::NotFound => {
             return Output::Dead {
                 reason: DlqReason::FormNotFound,
@@ -790,16 +819,38 @@ fn build_output_with(
     v.extend_from_slice(b"{\"event\":");
     serde_json::to_writer(&mut v, event.as_object()).expect("a JSON map serializes");
     v.extend_from_slice(b",\"form\":");
-    v.extend_from_slice(form.as_bytes());
+    v.extend_from_slice(form);
     v.extend_from_slice(b",\"retrieved_timestamp\":\"");
     v.extend_from_slice(fetched.retrieved_text.as_bytes());
     v.push(b'"');
     v.extend_from_slice(source_prefix);
-    write!(v, "{partition},\"offset\":{offset}}}}}").expect("writing to a Vec");
+    push_decimal(&mut v, partition.into());
+    v.extend_from_slice(b",\"offset\":");
+    push_decimal(&mut v, offset);
+    v.extend_from_slice(b"}}");
     Output::Enriched {
         key: event.form_id().to_owned(),
         value: v,
     }
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery).
+fn push_decimal(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut u = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (u % 10) as u8;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Produces `p` into the open transaction (beginning one if none is open).
@@ -993,4 +1044,18 @@ pub fn progress_line(stats: &Stats, enricher: &Enricher, elapsed: Duration) -> S
         stats.paused.load(Ordering::Relaxed),
         enricher.cached(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, -7, 10, 1_234_567, i64::MAX, i64::MIN] {
+            let mut v = b"x".to_vec();
+            push_decimal(&mut v, n);
+            assert_eq!(v, format!("x{n}").into_bytes());
+        }
+    }
 }
