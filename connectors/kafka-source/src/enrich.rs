@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,9 @@ struct Inner {
     /// The last `Date` header seen, with its time and text: answers within a second share it.
     last_date: Mutex<Option<(HeaderValue, i64, Arc<str>)>>,
     next_id: AtomicU64,
+    /// Requests started and not yet answered (waiting for a connection, in flight, or waiting
+    /// to retry).
+    outstanding: AtomicUsize,
     consecutive_failures: AtomicU64,
     health: Health,
     hits: Counter,
@@ -154,6 +157,7 @@ impl Enricher {
                 slots: Mutex::new(HashMap::new()),
                 last_date: Mutex::new(None),
                 next_id: AtomicU64::new(0),
+                outstanding: AtomicUsize::new(0),
                 consecutive_failures: AtomicU64::new(0),
                 health,
                 hits: counter!("enrich_cache_lookups_total", "result" => "hit"),
@@ -228,9 +232,11 @@ impl Enricher {
         let slot_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         let owned = id.to_owned();
+        inner.outstanding.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(async move {
             let fetched = Arc::new(inner.fetch_with_retries(&owned).await);
             inner.store(&owned, slot_id, fetched.clone());
+            inner.outstanding.fetch_sub(1, Ordering::Relaxed);
             fetched
         });
         let fut: SharedFetch = async move { task.await.expect("fetch task never panics") }
@@ -244,6 +250,12 @@ impl Enricher {
             },
         );
         fut
+    }
+
+    /// Requests started and not yet answered (waiting for a connection, in flight, or waiting
+    /// to retry).
+    pub fn outstanding(&self) -> usize {
+        self.inner.outstanding.load(Ordering::Relaxed)
     }
 
     /// Number of cached (answered) forms.

@@ -10,10 +10,12 @@
 //! transaction. `init_transactions` runs the same way at start, while the group is joined.
 //!
 //! Flow control: the loop stops taking records from the consumer while the enrichment window
-//! (`enrich.concurrency`) or the buffer of finished records is full, and takes the next one as
-//! soon as a slot frees (librdkafka keeps prefetching meanwhile, within its queue bounds). Only
-//! a window that stays full (the API is slow or down) pauses the consumer, which keeps being
-//! polled so that rebalances and statistics are served, and resumes at half the window.
+//! (`enrich.concurrency`) or the buffer of finished records is full, or while twice
+//! `enrich.connections` requests are started and unanswered, and takes the next one as soon as
+//! a slot frees (librdkafka keeps prefetching meanwhile, within its queue bounds). Only a window
+//! that stays full (the API is slow or down) pauses the consumer, which keeps being polled so
+//! that rebalances and statistics are served, and resumes at half the window (and half the
+//! requests).
 //!
 //! Rebalance callbacks run inside `consumer.recv()` (librdkafka serves them from the poll
 //! call), i.e. in this task between two steps of the loop: on a revoke the callback first waits
@@ -420,6 +422,12 @@ pub async fn run(
     health.set_ready(true);
 
     let cap = cfg.enrich.concurrency;
+    // Requests started and not answered: twice the connections keeps every connection busy
+    // (the next request waits for it) while the rest of the window holds cache hits and joins
+    // behind them. More waiting requests cost CPU (live tasks, a deeper ordered set) and gain
+    // nothing: on the cold bench (a 1,024 window over 128 connections) bounding them cut
+    // 40.5-43.0 to 35.4-41.0 CPU s per 1M events.
+    let fetch_max = 2 * cfg.enrich.max_connections();
     let resume_at = cap / 2;
     let commit_max = cfg.source.commit_max_records;
     let commit_interval = cfg.source.commit_interval;
@@ -467,7 +475,9 @@ pub async fn run(
 
         // Flow control: stop reading while the window is full; pause the consumer if it stays
         // full (the API is slow or down), keeping it polled for rebalances and statistics.
-        let window_full = inflight.len() >= cap || ready.len() >= READY_MAX;
+        let window_full = inflight.len() >= cap
+            || ready.len() >= READY_MAX
+            || enricher.outstanding() >= fetch_max;
         if !window_full {
             full_since = None;
         } else if full_since.is_none() {
@@ -483,7 +493,11 @@ pub async fn run(
                 in_flight = inflight.len(),
                 "Window full: consumption paused."
             );
-        } else if paused && inflight.len() <= resume_at && ready.len() < READY_MAX {
+        } else if paused
+            && inflight.len() <= resume_at
+            && ready.len() < READY_MAX
+            && enricher.outstanding() <= fetch_max / 2
+        {
             set_paused(&consumer, false)?;
             paused = false;
             stats.paused.store(false, Ordering::Relaxed);
@@ -589,7 +603,9 @@ pub async fn run(
                         Step::Done(p) => inflight.push_back(Box::pin(futures::future::ready(p))),
                         Step::Wait(f) => inflight.push_back(f),
                     }
-                    let room = inflight.len() < cap && ready.len() < READY_MAX;
+                    let room = inflight.len() < cap
+                        && ready.len() < READY_MAX
+                        && enricher.outstanding() < fetch_max;
                     let limit = max_records.is_some_and(|n| committed_total + uncommitted + taken >= n);
                     if !room || limit || taken == LOOP_BATCH as u64 {
                         break;
