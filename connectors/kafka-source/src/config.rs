@@ -71,10 +71,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of events in flight: enough to hide API latency at >10k events/s.
 const DEFAULT_CONCURRENCY: usize = 1024;
 
-/// Default requests in flight: a local API answers 40k requests/s with 64 in flight; 128 covers
-/// ~3 ms of latency at 40k/s. Each connection costs CPU per request even when idle in epoll
-/// terms (buffers, wake-ups): on the cold-cache bench 1,024 connections cost ~50 µs of CPU per
-/// fetched event against ~35 µs with 128 (same source, same API).
+/// Default requests in flight: the bench's forms API answers ~40k requests/s with 64 in flight;
+/// 128 covers ~3 ms of latency at 40k/s. More is not free: on the cold-cache bench (2 cores
+/// shared with the API and Kafka) 1,024 requests in flight cost 47-54 CPU s per 1M fetched
+/// events against 35-44 with 128 (more live connections and tasks, more wake-ups per answer).
 const DEFAULT_CONNECTIONS: usize = 128;
 
 impl EnrichConfig {
