@@ -8,7 +8,6 @@
 //!   (5xx, 408, 429, timeouts, connection errors) for ever with backoff and jitter, and store
 //!   their answer in the cache when done, whether or not anyone still waits for them.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -452,81 +451,295 @@ pub fn validate_form(id: &str, body: &[u8]) -> Answer {
     validate_form_slow(id, body)
 }
 
-/// What form-model's `validate_api_form` and [`validate_form`] require of a valid answer,
-/// read without building a `serde_json::Value` (other attributes are skipped unparsed).
-/// Anything else, a duplicate attribute included, fails to deserialize.
-#[derive(serde::Deserialize)]
-struct FormProbe<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(borrow)]
-    #[allow(dead_code)] // read to check that it is a string
-    title: Cow<'a, str>,
-    #[serde(default, borrow)]
-    fields: Option<Vec<FieldProbe<'a>>>,
-}
-
-#[derive(serde::Deserialize)]
-struct FieldProbe<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-}
-
-/// The fast path of [`validate_form`]: `Some(text)` for an answer that is certainly valid,
-/// `None` to let the full check decide (and explain).
+/// The fast path of [`validate_form`]: one pass over the body that checks the JSON grammar
+/// (RFC 8259) and what form-model's `validate_api_form` and [`validate_form`] require (an
+/// object; `id` the requested one; `title` a string; `fields` absent, null, or an array of
+/// objects with a non-empty string `id`), copying the text without insignificant whitespace.
+/// `Some(text)` only for an answer that is certainly valid; `None` for anything else and for
+/// what it leaves to the full check (escapes in the checked keys or in `id`, a duplicate
+/// checked attribute, `\u` surrogates, exponents or very long numbers, deep nesting).
+/// (serde_json skipping the unchecked attributes cost about as much again.)
 fn valid_form_fast(id: &str, body: &[u8]) -> Option<Bytes> {
-    let probe: FormProbe<'_> = serde_json::from_slice(body).ok()?;
-    let fields_ok = probe
-        .fields
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .all(|f| !f.id.is_empty());
-    if probe.id.is_empty() || probe.id != id || !fields_ok {
+    let mut scan = Scan {
+        inp: body,
+        pos: 0,
+        out: Vec::with_capacity(body.len()),
+    };
+    scan.ws();
+    scan.form(id.as_bytes())?;
+    scan.ws();
+    if scan.pos != body.len() {
         return None;
     }
-    let text = minify_json(body);
-    std::str::from_utf8(&text).ok()?;
-    Some(Bytes::from(text))
+    // Outside strings the grammar admits ASCII only: this checks the strings' UTF-8.
+    std::str::from_utf8(&scan.out).ok()?;
+    Some(Bytes::from(scan.out))
 }
 
-/// Removes whitespace outside strings from valid JSON text (copying runs, not bytes).
-fn minify_json(json: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len());
-    let n = json.len();
-    let mut i = 0;
-    while i < n {
-        // Outside strings: copy up to the next whitespace or string.
-        let start = i;
-        while i < n && !matches!(json[i], b' ' | b'\n' | b'\r' | b'\t' | b'"') {
-            i += 1;
+/// Nesting the fast path follows (serde_json's own limit is 128).
+const SCAN_MAX_DEPTH: usize = 100;
+
+/// The reader of [`valid_form_fast`]: `inp` from `pos`, the minified text in `out`.
+struct Scan<'a> {
+    inp: &'a [u8],
+    pos: usize,
+    out: Vec<u8>,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.inp.get(self.pos).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.pos += 1;
         }
-        out.extend_from_slice(&json[start..i]);
-        if i == n {
-            break;
-        }
-        if json[i] != b'"' {
-            i += 1; // whitespace: dropped
-            continue;
-        }
-        // A string: copy it whole, through its closing quote (an escaped character is skipped
-        // with its backslash, so `\"` does not end it).
-        let start = i;
-        i += 1;
-        while i < n {
-            match json[i] {
-                b'"' => {
-                    i += 1;
-                    break;
+    }
+
+    fn byte(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| {
+            self.pos += 1;
+            self.out.push(b);
+        })
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> Option<()> {
+        (self.inp.get(self.pos..self.pos + lit.len())? == lit).then(|| {
+            self.pos += lit.len();
+            self.out.extend_from_slice(lit);
+        })
+    }
+
+    /// A string: the range of its raw content and whether it has escapes.
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        self.byte(b'"')?;
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            match self.peek()? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    match *self.inp.get(self.pos + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 2,
+                        b'u' => {
+                            let mut v: u32 = 0;
+                            for &h in self.inp.get(self.pos + 2..self.pos + 6)? {
+                                v = v * 16 + char::from(h).to_digit(16)?;
+                            }
+                            if (0xD800..=0xDFFF).contains(&v) {
+                                return None;
+                            }
+                            self.pos += 6;
+                        }
+                        _ => return None,
+                    }
                 }
-                b'\\' => i += 2,
-                _ => i += 1,
+                0x00..=0x1F => return None,
+                _ => self.pos += 1,
             }
         }
-        out.extend_from_slice(&json[start..i.min(n)]);
-        i = i.min(n);
+        let end = self.pos;
+        self.out.extend_from_slice(&self.inp[start..end]);
+        self.byte(b'"')?;
+        Some((start, end, escaped))
     }
-    out
+
+    fn number(&mut self) -> Option<()> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek()? {
+            b'0' => self.pos += 1,
+            b'1'..=b'9' => {
+                while let Some(b'0'..=b'9') = self.peek() {
+                    self.pos += 1;
+                }
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            let digits = self.pos;
+            while let Some(b'0'..=b'9') = self.peek() {
+                self.pos += 1;
+            }
+            if self.pos == digits {
+                return None;
+            }
+        }
+        // An exponent or a very long number may be out of f64's range: serde_json decides.
+        if matches!(self.peek(), Some(b'e' | b'E')) || self.pos - start > 100 {
+            return None;
+        }
+        self.out.extend_from_slice(&self.inp[start..self.pos]);
+        Some(())
+    }
+
+    fn value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'{' => self.object(depth + 1),
+            b'[' => self.array(depth + 1),
+            b'"' => self.string().map(|_| ()),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    /// After a member or an element: `,` (then more) or the closing `end`. `Some(true)` = more.
+    fn next_or_end(&mut self, end: u8) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.byte(b',')?;
+                self.ws();
+                Some(true)
+            }
+            b if b == end => {
+                self.byte(end)?;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// `"key"` `:`, returning the key's raw range and whether it has escapes.
+    fn key(&mut self) -> Option<(usize, usize, bool)> {
+        let k = self.string()?;
+        self.ws();
+        self.byte(b':')?;
+        self.ws();
+        Some(k)
+    }
+
+    fn object(&mut self, depth: usize) -> Option<()> {
+        if depth > SCAN_MAX_DEPTH {
+            return None;
+        }
+        self.byte(b'{')?;
+        self.ws();
+        if self.peek()? == b'}' {
+            return self.byte(b'}');
+        }
+        loop {
+            self.key()?;
+            self.value(depth)?;
+            if !self.next_or_end(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Option<()> {
+        if depth > SCAN_MAX_DEPTH {
+            return None;
+        }
+        self.byte(b'[')?;
+        self.ws();
+        if self.peek()? == b']' {
+            return self.byte(b']');
+        }
+        loop {
+            self.value(depth)?;
+            if !self.next_or_end(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// The top-level object: `id` = `id` (unescaped), `title` a string, `fields` checked.
+    fn form(&mut self, id: &[u8]) -> Option<()> {
+        self.byte(b'{')?;
+        self.ws();
+        let (mut seen_id, mut seen_title, mut seen_fields) = (false, false, false);
+        loop {
+            let (ks, ke, escaped) = self.key()?;
+            if escaped {
+                return None;
+            }
+            match &self.inp[ks..ke] {
+                b"id" if !seen_id => {
+                    seen_id = true;
+                    if self.peek()? != b'"' {
+                        return None;
+                    }
+                    let (s, e, escaped) = self.string()?;
+                    if escaped || &self.inp[s..e] != id || s == e {
+                        return None;
+                    }
+                }
+                b"title" if !seen_title => {
+                    seen_title = true;
+                    if self.peek()? != b'"' {
+                        return None;
+                    }
+                    self.string()?;
+                }
+                b"fields" if !seen_fields => {
+                    seen_fields = true;
+                    self.fields()?;
+                }
+                b"id" | b"title" | b"fields" => return None, // a duplicate
+                _ => self.value(1)?,
+            }
+            if !self.next_or_end(b'}')? {
+                break;
+            }
+        }
+        (seen_id && seen_title).then_some(())
+    }
+
+    /// `null` or an array of fields.
+    fn fields(&mut self) -> Option<()> {
+        if self.peek()? == b'n' {
+            return self.literal(b"null");
+        }
+        self.byte(b'[')?;
+        self.ws();
+        if self.peek()? == b']' {
+            return self.byte(b']');
+        }
+        loop {
+            self.field()?;
+            if !self.next_or_end(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// An object with a non-empty string `id` (top object 1, `fields` 2, this one 3).
+    fn field(&mut self) -> Option<()> {
+        self.byte(b'{')?;
+        self.ws();
+        let mut seen_id = false;
+        loop {
+            let (ks, ke, escaped) = self.key()?;
+            if escaped {
+                return None;
+            }
+            if &self.inp[ks..ke] == b"id" {
+                if seen_id || self.peek()? != b'"' {
+                    return None;
+                }
+                seen_id = true;
+                let (s, e, _) = self.string()?;
+                if s == e {
+                    return None;
+                }
+            } else {
+                self.value(3)?;
+            }
+            if !self.next_or_end(b'}')? {
+                break;
+            }
+        }
+        seen_id.then_some(())
+    }
 }
 
 /// The full check, with form-model's messages.
@@ -631,13 +844,104 @@ mod tests {
     }
 
     #[test]
-    fn minify_keeps_strings_and_drops_the_rest() {
+    fn fast_path_minifies_and_leaves_the_unsure_to_the_full_check() {
+        let body = b" {\n \"id\" : \"a\", \"title\":\t\"x \\\" y\\\\\" , \"c\" : [ 1 , -2.5 , true , null , { } , \"\\u00e9\" ], \"fields\": [ {\"id\": \"f\", \"p\": {\"q\": [ ]}} ] }\r\n";
         assert_eq!(
-            minify_json(b" {\n \"a b\" :\t\"x \\\" y\\\\\" , \"c\" : [ 1 , -2.5e3 , true , null , { } ] }\r\n"),
-            br#"{"a b":"x \" y\\","c":[1,-2.5e3,true,null,{}]}"#
+            valid_form_fast("a", body).as_deref(),
+            Some(&br#"{"id":"a","title":"x \" y\\","c":[1,-2.5,true,null,{},"\u00e9"],"fields":[{"id":"f","p":{"q":[]}}]}"#[..])
         );
-        assert_eq!(minify_json(br#""\\""#), br#""\\""#);
-        assert_eq!(minify_json(b""), b"");
+        for (body, why) in [
+            (&br#"{"id":"a","title":"t","n":1e3}"#[..], "exponent"),
+            (br#"{"id":"a","title":"t","s":"\ud800"}"#, "surrogate"),
+            (br#"{"\u0069d":"a","title":"t"}"#, "escaped key"),
+            (br#"{"id":"\u0061","title":"t"}"#, "escaped id"),
+            (br#"{"id":"a","id":"a","title":"t"}"#, "duplicate id"),
+            (
+                br#"{"id":"a","title":"t","fields":[{"id":"f","id":"g"}]}"#,
+                "duplicate field id",
+            ),
+        ] {
+            assert_eq!(valid_form_fast("a", body), None, "{why}");
+            // …which the full check still takes or explains.
+            let _ = validate_form("a", body);
+        }
+        assert!(matches!(
+            validate_form("a", br#"{"id":"a","title":"t","n":1e3}"#),
+            Answer::Form(_)
+        ));
+    }
+
+    /// Whatever the fast path accepts, the full check accepts too, with the same JSON value and
+    /// the same text as whitespace removal: random edits of valid answers.
+    #[test]
+    fn fast_path_never_accepts_what_the_full_check_refuses() {
+        let seeds: [&[u8]; 3] = [
+            r#"{"id":"a","title":"t \" x","fields":[{"id":"f","properties":{"choices":[1, 2.5, true, null, "é"]}}],"x":{"y":[]}}"#.as_bytes(),
+            b" { \"id\" : \"a\" , \"title\" : \"\\u00e9 t\\ta\" , \"fields\" : null , \"n\" : -0.5 } ",
+            br#"{"fields":[],"title":"","id":"a","deep":[[[{"k":[{}]}]]]}"#,
+        ];
+        let alphabet = b"{}[]\":,\\ \n0123456789-+.eEtrufalsnu\x01\xc3\xa9a";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let mut accepted = 0;
+        for i in 0..30_000 {
+            let mut body = seeds[i % seeds.len()].to_vec();
+            for _ in 0..1 + rnd(3) {
+                let at = rnd(body.len() + 1);
+                let c = alphabet[rnd(alphabet.len())];
+                match rnd(3) {
+                    0 if at < body.len() => body[at] = c,
+                    1 if at < body.len() => {
+                        body.remove(at);
+                    }
+                    _ => body.insert(at, c),
+                }
+            }
+            if let Some(fast) = valid_form_fast("a", &body) {
+                accepted += 1;
+                let value: Value =
+                    serde_json::from_slice(&body).expect("fast path took invalid JSON");
+                assert_eq!(serde_json::from_slice::<Value>(&fast).unwrap(), value);
+                match validate_form_slow("a", &body) {
+                    Answer::Form(slow) => {
+                        assert_eq!(serde_json::from_slice::<Value>(&slow).unwrap(), value)
+                    }
+                    other => panic!(
+                        "{:?}: fast path took it, full check says {other:?}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                }
+                // The text is the body without whitespace outside strings.
+                let mut expected = Vec::new();
+                let mut in_string = false;
+                let mut escaped = false;
+                for &b in &body {
+                    if in_string {
+                        expected.push(b);
+                        if escaped {
+                            escaped = false;
+                        } else if b == b'\\' {
+                            escaped = true;
+                        } else if b == b'"' {
+                            in_string = false;
+                        }
+                    } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                        expected.push(b);
+                        in_string = b == b'"';
+                    }
+                }
+                assert_eq!(&fast[..], &expected[..]);
+            }
+        }
+        assert!(
+            accepted > 1_000,
+            "only {accepted} edits kept the answer valid"
+        );
     }
 
     #[test]
