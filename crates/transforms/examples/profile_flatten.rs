@@ -71,25 +71,19 @@ fn main() {
             report(name, time(reps, pass));
         }
     };
-    report(
-        "native parse (Value)",
-        &mut || {
-            for v in &values {
-                let v: serde_json::Value = serde_json::from_slice(v).unwrap();
-                std::hint::black_box(v);
-            }
-        },
-    );
-    report(
-        "native flatten_to_json",
-        &mut || {
-            for v in &values {
-                out.clear();
-                form_model::flatten_to_json(v, &mut out).unwrap();
-                std::hint::black_box(&out);
-            }
-        },
-    );
+    report("native parse (Value)", &mut || {
+        for v in &values {
+            let v: serde_json::Value = serde_json::from_slice(v).unwrap();
+            std::hint::black_box(v);
+        }
+    });
+    report("native flatten_to_json", &mut || {
+        for v in &values {
+            out.clear();
+            form_model::flatten_to_json(v, &mut out).unwrap();
+            std::hint::black_box(&out);
+        }
+    });
 
     let run_chain = |name: &str, wasm: String, canary: bool| {
         if !name.contains(only.as_str()) {
