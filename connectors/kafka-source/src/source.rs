@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use connector_common::Shutdown;
 use connector_common::dlq::{DlqInfo, DlqReason};
+use connector_common::kafka::{CLOSE_TIMEOUT, close_consumer};
 use connector_common::retry::{ErrorClass, classify_kafka};
 use connector_common::telemetry::{Health, RateCounter};
 use futures::future::BoxFuture;
@@ -274,9 +275,6 @@ struct Meters {
     committed_records: Counter,
 }
 
-/// How long the consumer may take to leave the group at exit.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Owns the consumer; whichever way `run` ends (errors included), closes it on a thread of its
 /// own and waits at most [`CLOSE_TIMEOUT`].
 ///
@@ -301,26 +299,13 @@ impl Drop for ClosingConsumer {
         let Some(consumer) = self.0.take() else {
             return;
         };
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let closing = std::thread::Builder::new()
-            .name("consumer-close".into())
-            .spawn(move || {
-                drop(consumer);
-                let _ = done_tx.send(());
-            });
-        match closing {
-            Ok(_) => {
-                if done_rx.recv_timeout(CLOSE_TIMEOUT).is_err() {
-                    warn!(
-                        timeout = ?CLOSE_TIMEOUT,
-                        "The Kafka consumer did not leave the group in time (a rebalance was in \
-                         progress); exiting anyway: the broker expires this member after its \
-                         session timeout."
-                    );
-                }
-            }
-            // The closure, and the consumer with it, was dropped here: closed inline.
-            Err(e) => warn!(error = %e, "No thread to close the consumer on: closed inline."),
+        if !close_consumer(consumer, CLOSE_TIMEOUT) {
+            warn!(
+                timeout = ?CLOSE_TIMEOUT,
+                "The Kafka consumer did not leave the group in time (a rebalance was in \
+                 progress); exiting anyway: the broker expires this member after its \
+                 session timeout."
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use connector_common::Shutdown;
+use connector_common::kafka::{CLOSE_TIMEOUT, close_consumer};
 use connector_common::telemetry::Health;
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -344,7 +345,16 @@ pub(crate) async fn run(
         Err(p) => std::panic::resume_unwind(p),
     }
     drop(manager);
-    close_consumer(consumer, CLOSE_TIMEOUT);
+    // A SIGTERM during the group join can make librdkafka's close wait for good (see
+    // `close_consumer`); everything is uploaded and committed by now.
+    if !close_consumer(consumer, CLOSE_TIMEOUT) {
+        warn!(
+            timeout = ?CLOSE_TIMEOUT,
+            "The Kafka consumer did not leave the group in time (a rebalance was in progress); \
+             exiting anyway: every file is uploaded and every offset committed, and the broker \
+             expires this member after its session timeout."
+        );
+    }
     Ok(())
 }
 
@@ -355,39 +365,6 @@ async fn commit_result(
     match running {
         Some(r) => (&mut r.task).await,
         None => std::future::pending().await,
-    }
-}
-
-/// How long the consumer may take to leave the group at exit.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Closes the consumer (leaves the group) on a thread of its own, waiting at most `timeout`.
-///
-/// librdkafka's close can block for good when the group's assignment arrives while it closes
-/// (a SIGTERM during the group join, seen in the kill -9 test): rust-rdkafka serves that
-/// rebalance by calling `assign`, which waits on the closing group forever. Everything is
-/// uploaded and committed by now, so the sink exits anyway; the broker expires the member.
-fn close_consumer(consumer: Arc<StreamConsumer<SinkContext>>, timeout: Duration) {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let closing = std::thread::Builder::new()
-        .name("consumer-close".into())
-        .spawn(move || {
-            drop(consumer);
-            let _ = done_tx.send(());
-        });
-    match closing {
-        Ok(_) => {
-            if done_rx.recv_timeout(timeout).is_err() {
-                warn!(
-                    ?timeout,
-                    "The Kafka consumer did not leave the group in time (a rebalance was in \
-                     progress); exiting anyway: every file is uploaded and every offset \
-                     committed, and the broker expires this member after its session timeout."
-                );
-            }
-        }
-        // The closure, and the consumer with it, was dropped here: closed inline.
-        Err(e) => warn!(error = %e, "No thread to close the consumer on: closed inline."),
     }
 }
 

@@ -95,6 +95,35 @@ impl KafkaConfig {
     }
 }
 
+/// How long a consumer may take to leave its group at exit.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Closes a Kafka consumer (drops `consumer`, which leaves the group) on a thread of its own,
+/// waiting at most `timeout`; `false` if it did not finish in time (it goes on in the
+/// background, and the process may exit: the broker expires the member after its session
+/// timeout).
+///
+/// librdkafka's close can block for good when the group's assignment arrives while it closes:
+/// rust-rdkafka serves that rebalance by calling `assign`, which waits on the closing group
+/// forever (s3-sink hit it on a SIGTERM during the group join, in the kill -9 test).
+pub fn close_consumer<C: Send + 'static>(consumer: C, timeout: std::time::Duration) -> bool {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done_tx.send(());
+        });
+    match closing {
+        Ok(_) => done_rx.recv_timeout(timeout).is_ok(),
+        // The closure, and the consumer with it, was dropped here: closed inline.
+        Err(e) => {
+            tracing::warn!(error = %e, "No thread to close the Kafka consumer on: closed inline.");
+            true
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
