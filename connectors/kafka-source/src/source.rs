@@ -124,9 +124,18 @@ struct Txn {
 
 impl Txn {
     /// Aborts the open transaction, if any. The caller holds `lock`.
+    ///
+    /// Flushes first: librdkafka can send the abort's EndTxn before the partitions of records
+    /// produced just before are registered with the coordinator, which then answers
+    /// INVALID_TXN_STATE, a fatal error (confluentinc/librdkafka#4849; seen in CI on a revoke
+    /// right after a batch was produced). Once the records are delivered the transaction is
+    /// ongoing at the coordinator and the abort discards them.
     fn abort_open(&self, why: &str) -> Result<(), KafkaError> {
         if self.open.swap(false, Ordering::SeqCst) {
             counter!("kafka_source_transactions_total", "result" => "aborted").increment(1);
+            if let Err(e) = self.producer.flush(TXN_CALL_TIMEOUT) {
+                warn!(error = %e, why, "Flushing before the abort failed; aborting anyway.");
+            }
             if let Err(e) = self.producer.abort_transaction(TXN_CALL_TIMEOUT) {
                 error!(error = %e, why, "Aborting the transaction failed.");
                 return Err(e);
