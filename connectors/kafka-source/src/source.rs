@@ -834,33 +834,14 @@ fn build_output_with(
     v.extend_from_slice(fetched.retrieved_text.as_bytes());
     v.push(b'"');
     v.extend_from_slice(source_prefix);
-    push_decimal(&mut v, partition.into());
+    form_model::write_i64(&mut v, partition.into());
     v.extend_from_slice(b",\"offset\":");
-    push_decimal(&mut v, offset);
+    form_model::write_i64(&mut v, offset);
     v.extend_from_slice(b"}}");
     Output::Enriched {
         key: event.form_id().to_owned(),
         value: v,
     }
-}
-
-/// Appends `n` in decimal (what `write!` does, without the formatting machinery).
-fn push_decimal(out: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut u = n.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (u % 10) as u8;
-        u /= 10;
-        if u == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Produces `p` into the open transaction (beginning one if none is open).
@@ -1054,18 +1035,4 @@ pub fn progress_line(stats: &Stats, enricher: &Enricher, elapsed: Duration) -> S
         stats.paused.load(Ordering::Relaxed),
         enricher.cached(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimals() {
-        for n in [0, 7, -7, 10, 1_234_567, i64::MAX, i64::MIN] {
-            let mut v = b"x".to_vec();
-            push_decimal(&mut v, n);
-            assert_eq!(v, format!("x{n}").into_bytes());
-        }
-    }
 }

@@ -345,7 +345,9 @@ fn write_json(out: &mut Vec<u8>, value: &Json<'_>) {
     }
 }
 
-fn write_i64(out: &mut Vec<u8>, v: i64) {
+/// Appends `v` in decimal (what `write!` writes, without the formatting machinery; used by
+/// kafka-source for the enriched record's offsets too).
+pub fn write_i64(out: &mut Vec<u8>, v: i64) {
     // Enough for any i64.
     let mut buf = [0u8; 20];
     let mut n = v.unsigned_abs();
@@ -482,6 +484,15 @@ mod tests {
         let mut out = b"keep".to_vec();
         assert!(flatten_to_json(b"{\"event\":{}}", &mut out).is_err());
         assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, -7, 10, 1_234_567, i64::MAX, i64::MIN] {
+            let mut v = b"x".to_vec();
+            write_i64(&mut v, n);
+            assert_eq!(v, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use error::{DlqReason, RecordError};
 pub use event::{DELETED_EVENT_TYPE, EnrichedRecord, Event, Source, validate_api_form};
 pub use flatten::{
     FORM_FIELD_TABLE, FORM_TABLE, Flattened, Row, TIMESTAMP_COLUMNS, flatten, flatten_to_json,
-    row_event_date,
+    row_event_date, write_i64,
 };
 pub use seed::{CANARY_RETRIEVED_MICROS, canary_record, seed_enriched};
 pub use time::{
