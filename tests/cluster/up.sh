@@ -77,7 +77,12 @@ log.retention.hours=168
 EOF
   if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
     local cluster_id
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    # A base64url id may start with '-', which kafka-storage's argument parser reads as an option
+    # ("argument --cluster-id/-t: expected one argument"): one start in 64 failed on it.
+    cluster_id=-
+    while [[ "$cluster_id" == -* ]]; do
+      cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
     say "formatting Kafka storage (cluster id $cluster_id)"
     "${KAFKA_TOOL_JAVA[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_CONF" \
       --ignore-formatted >>"$(log_file kafka)" 2>&1 || fail_service kafka "formatting the storage failed"
