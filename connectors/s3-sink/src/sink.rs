@@ -190,7 +190,7 @@ pub(crate) async fn run(
         idle_flush: cfg.s3.idle_flush,
         open_budget,
         part_size: cfg.s3.part_size.as_u64() as usize,
-        codec: cfg.s3.codec.codec(),
+        codec: cfg.s3.codec.codec(cfg.s3.zstd_level),
     };
     let tables = TableCodec::load_default().context("loading the Avro schemas")?;
     let (cmd_tx, cmd_rx) = mpsc::channel(CMD_CAPACITY);
