@@ -7,7 +7,7 @@ use connector_common::dlq::DlqConfig;
 use connector_common::kafka::KafkaConfig;
 use connector_common::retry::RetryPolicy;
 use connector_common::telemetry::MetricsConfig;
-use connector_common::{ConfigError, ConnectorConfig, MetaConfig, Secret};
+use connector_common::{ByteSize, ConfigError, ConnectorConfig, MetaConfig, Secret};
 use serde::Deserialize;
 use url::Url;
 
@@ -103,6 +103,11 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Most forms kept.
     pub max_entries: usize,
+    /// Most bytes of cached answers (their JSON text and ids, plus a per-entry overhead of
+    /// [`crate::enrich::ENTRY_OVERHEAD`]): the bound that holds whatever the forms' size. At the
+    /// default, 64 MiB, kafka-source's peak RSS stays under 256 MiB when every event is about
+    /// a different form (`make bench`'s cold cache, ~1.4 KB forms).
+    pub max_bytes: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -110,6 +115,7 @@ impl Default for CacheConfig {
         Self {
             ttl: Duration::from_secs(300),
             max_entries: 100_000,
+            max_bytes: ByteSize::mib(64),
         }
     }
 }
@@ -213,6 +219,12 @@ impl ConnectorConfig for SourceConfig {
         if self.enrich.cache.max_entries == 0 {
             return Err(ConfigError::invalid(
                 "enrich.cache.max-entries",
+                "must be greater than zero",
+            ));
+        }
+        if self.enrich.cache.max_bytes.as_u64() == 0 {
+            return Err(ConfigError::invalid(
+                "enrich.cache.max-bytes",
                 "must be greater than zero",
             ));
         }

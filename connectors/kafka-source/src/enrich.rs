@@ -97,7 +97,8 @@ struct Inner {
     retry: RetryPolicy,
     ttl: Duration,
     max_entries: usize,
-    slots: Mutex<HashMap<String, Slot>>,
+    max_bytes: usize,
+    slots: Mutex<Cache>,
     /// The last `Date` header seen, with its time and text: answers within a second share it.
     last_date: Mutex<Option<(HeaderValue, i64, Arc<str>)>>,
     next_id: AtomicU64,
@@ -153,7 +154,8 @@ impl Enricher {
                 retry: cfg.retry.clone(),
                 ttl: cfg.cache.ttl,
                 max_entries: cfg.cache.max_entries,
-                slots: Mutex::new(HashMap::new()),
+                max_bytes: usize::try_from(cfg.cache.max_bytes.as_u64()).unwrap_or(usize::MAX),
+                slots: Mutex::new(Cache::default()),
                 last_date: Mutex::new(None),
                 next_id: AtomicU64::new(0),
                 outstanding: AtomicUsize::new(0),
@@ -172,7 +174,7 @@ impl Enricher {
     /// (the fast path of [`Enricher::lookup`], without a future).
     pub fn lookup_cached(&self, id: &str, happened_micros: i64) -> Option<Arc<Fetched>> {
         let slots = self.inner.slots.lock().expect("cache lock");
-        match slots.get(id) {
+        match slots.map.get(id) {
             Some(Slot::Ready(f))
                 if f.retrieved_micros >= happened_micros && f.at.elapsed() < self.inner.ttl =>
             {
@@ -187,7 +189,7 @@ impl Enricher {
     pub async fn lookup(&self, id: &str, happened_micros: i64) -> Arc<Fetched> {
         let joined = {
             let mut slots = self.inner.slots.lock().expect("cache lock");
-            match slots.get(id) {
+            match slots.map.get(id) {
                 Some(Slot::Ready(f))
                     if f.retrieved_micros >= happened_micros && f.at.elapsed() < self.inner.ttl =>
                 {
@@ -213,7 +215,7 @@ impl Enricher {
         // ask again, once, and take that answer whatever its time.
         let fut = {
             let mut slots = self.inner.slots.lock().expect("cache lock");
-            match slots.get(id) {
+            match slots.map.get(id) {
                 Some(Slot::Ready(f)) if f.retrieved_micros >= happened_micros => {
                     return f.clone();
                 }
@@ -227,7 +229,7 @@ impl Enricher {
         fut.await
     }
 
-    fn start_fetch(&self, slots: &mut HashMap<String, Slot>, id: &str) -> SharedFetch {
+    fn start_fetch(&self, slots: &mut Cache, id: &str) -> SharedFetch {
         let slot_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         let owned = id.to_owned();
@@ -261,44 +263,96 @@ impl Enricher {
     pub fn cached(&self) -> usize {
         let slots = self.inner.slots.lock().expect("cache lock");
         slots
+            .map
             .values()
             .filter(|s| matches!(s, Slot::Ready(_)))
             .count()
+    }
+
+    /// Estimated bytes of the cached forms (what `enrich.cache.max-bytes` bounds).
+    pub fn cached_bytes(&self) -> usize {
+        self.inner.slots.lock().expect("cache lock").bytes
+    }
+}
+
+/// What a cached entry costs beyond its id and its answer's text (the map's slot, the
+/// `Fetched`, the allocations' headers): an estimate, for `enrich.cache.max-bytes`.
+pub const ENTRY_OVERHEAD: usize = 160;
+
+/// The cache: forms by id, and the estimated bytes of the answered ones.
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, Slot>,
+    bytes: usize,
+}
+
+/// Estimated bytes of a cached entry (requests in flight count nothing: they are bounded by
+/// `enrich.concurrency`).
+fn entry_bytes(id_len: usize, slot: &Slot) -> usize {
+    match slot {
+        Slot::Ready(f) => {
+            ENTRY_OVERHEAD
+                + id_len
+                + match &f.answer {
+                    Answer::Form(text) => text.len(),
+                    Answer::NotFound => 0,
+                    Answer::Invalid(detail) => detail.len(),
+                }
+        }
+        Slot::Loading { .. } => 0,
+    }
+}
+
+impl Cache {
+    fn insert(&mut self, id: String, slot: Slot) {
+        let id_len = id.len();
+        self.bytes += entry_bytes(id_len, &slot);
+        if let Some(old) = self.map.insert(id, slot) {
+            self.bytes -= entry_bytes(id_len, &old);
+        }
+    }
+
+    /// Past either bound: drops the expired answers, then answers in no particular order until
+    /// both are under 90% of their bound (so that this runs once per many inserts).
+    fn evict(&mut self, max_entries: usize, max_bytes: usize, ttl: Duration) {
+        if self.map.len() <= max_entries && self.bytes <= max_bytes {
+            return;
+        }
+        let mut bytes = self.bytes;
+        self.map.retain(|id, s| match s {
+            Slot::Ready(f) if f.at.elapsed() >= ttl => {
+                bytes -= entry_bytes(id.len(), s);
+                false
+            }
+            _ => true,
+        });
+        let (max_entries, max_bytes) = (max_entries - max_entries / 10, max_bytes - max_bytes / 10);
+        let mut entries = self.map.len();
+        if entries > max_entries || bytes > max_bytes {
+            self.map.retain(|id, s| {
+                if (entries > max_entries || bytes > max_bytes) && matches!(s, Slot::Ready(_)) {
+                    entries -= 1;
+                    bytes -= entry_bytes(id.len(), s);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.bytes = bytes;
     }
 }
 
 impl Inner {
     fn store(&self, id: &str, slot_id: u64, fetched: Arc<Fetched>) {
         let mut slots = self.slots.lock().expect("cache lock");
-        if let Some(Slot::Loading { id: current, .. }) = slots.get(id)
+        if let Some(Slot::Loading { id: current, .. }) = slots.map.get(id)
             && *current != slot_id
         {
             return; // a newer request replaced ours
         }
-        match slots.get_mut(id) {
-            Some(slot) => *slot = Slot::Ready(fetched),
-            None => {
-                slots.insert(id.to_owned(), Slot::Ready(fetched));
-            }
-        }
-        if slots.len() > self.max_entries {
-            let ttl = self.ttl;
-            slots.retain(|_, s| match s {
-                Slot::Ready(f) => f.at.elapsed() < ttl,
-                Slot::Loading { .. } => true,
-            });
-            let mut excess = slots.len().saturating_sub(self.max_entries * 9 / 10);
-            if excess > 0 {
-                slots.retain(|_, s| {
-                    if excess > 0 && matches!(s, Slot::Ready(_)) {
-                        excess -= 1;
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
-        }
+        slots.insert(id.to_owned(), Slot::Ready(fetched));
+        slots.evict(self.max_entries, self.max_bytes, self.ttl);
     }
 
     async fn fetch_with_retries(&self, id: &str) -> Fetched {
@@ -796,6 +850,80 @@ fn encode_path_segment(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready(text: &'static [u8], age: Duration) -> Slot {
+        Slot::Ready(Arc::new(Fetched {
+            answer: Answer::Form(Bytes::from_static(text)),
+            retrieved_micros: 0,
+            retrieved_text: Arc::from("1970-01-01T00:00:00Z"),
+            at: Instant::now() - age,
+        }))
+    }
+
+    fn loading(id: u64) -> Slot {
+        let fut: SharedFetch = futures::future::pending().boxed().shared();
+        Slot::Loading { id, fut }
+    }
+
+    const FORM: &[u8] = b"0123456789012345678901234567890123456789"; // 40 bytes
+    const ENTRY: usize = ENTRY_OVERHEAD + 2 + 40; // ids "00".."99"
+
+    #[test]
+    fn cache_counts_the_bytes_of_answered_entries() {
+        let mut c = Cache::default();
+        c.insert("aa".into(), loading(1));
+        assert_eq!(c.bytes, 0, "a request in flight counts nothing");
+        c.insert("aa".into(), ready(FORM, Duration::ZERO));
+        assert_eq!(c.bytes, ENTRY);
+        c.insert("aa".into(), ready(b"{}", Duration::ZERO));
+        assert_eq!(
+            c.bytes,
+            ENTRY_OVERHEAD + 2 + 2,
+            "a replaced answer is subtracted"
+        );
+        c.insert("aa".into(), loading(2));
+        assert_eq!(c.bytes, 0, "a refetch replaces the answer");
+    }
+
+    #[test]
+    fn cache_evicts_past_either_bound_down_to_90_percent() {
+        let ttl = Duration::from_secs(60);
+        // By bytes: 100 entries, room for 50.
+        let mut c = Cache::default();
+        for i in 0..100 {
+            c.insert(format!("{i:02}"), ready(FORM, Duration::ZERO));
+        }
+        c.insert("in-flight".into(), loading(7));
+        assert_eq!(c.bytes, 100 * ENTRY);
+        c.evict(1_000, 50 * ENTRY, ttl);
+        assert!(c.bytes <= 45 * ENTRY && c.bytes > 44 * ENTRY, "{}", c.bytes);
+        assert_eq!(c.map.len(), 45 + 1);
+        assert!(matches!(c.map.get("in-flight"), Some(Slot::Loading { .. })));
+        let counted: usize = c.map.iter().map(|(id, s)| entry_bytes(id.len(), s)).sum();
+        assert_eq!(counted, c.bytes);
+        // Under both bounds: nothing happens.
+        c.evict(1_000, 50 * ENTRY, ttl);
+        assert_eq!(c.map.len(), 46);
+        // By entries.
+        c.evict(20, usize::MAX, ttl);
+        assert_eq!(c.map.len(), 18);
+        assert_eq!(c.bytes, 17 * ENTRY);
+    }
+
+    #[test]
+    fn cache_eviction_drops_expired_answers_first() {
+        let ttl = Duration::from_secs(60);
+        let mut c = Cache::default();
+        for i in 0..10 {
+            let age = if i < 5 { ttl * 2 } else { Duration::ZERO };
+            c.insert(format!("{i:02}"), ready(FORM, age));
+        }
+        c.evict(9, usize::MAX, ttl);
+        let mut left: Vec<_> = c.map.keys().cloned().collect();
+        left.sort();
+        assert_eq!(left, ["05", "06", "07", "08", "09"]);
+        assert_eq!(c.bytes, 5 * ENTRY);
+    }
 
     #[test]
     fn answers_are_validated() {

@@ -1029,10 +1029,11 @@ pub fn progress_line(stats: &Stats, enricher: &Enricher, elapsed: Duration) -> S
     let (received, in_rate) = stats.received.rate(elapsed);
     let (committed, out_rate) = stats.committed.rate(elapsed);
     format!(
-        "received={received} ({in_rate:.0}/s) committed={committed} ({out_rate:.0}/s) in_flight={} lag={} paused={} cached_forms={}",
+        "received={received} ({in_rate:.0}/s) committed={committed} ({out_rate:.0}/s) in_flight={} lag={} paused={} cached_forms={} cached_mib={:.1}",
         stats.in_flight.load(Ordering::Relaxed),
         stats.lag.load(Ordering::Relaxed),
         stats.paused.load(Ordering::Relaxed),
         enricher.cached(),
+        enricher.cached_bytes() as f64 / (1024.0 * 1024.0),
     )
 }

@@ -217,15 +217,18 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
 }
 
 /// The first column of a table's shared tail: `form_field` rows end with the form's columns
-/// (`form_…`, last in the schema); `form` has none.
+/// (`form_…`, last in the schema); `form` has none. Found once: the schemas are fixed.
 fn tail_start(table: Table) -> usize {
+    static FORM_FIELD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match table {
         Table::Form => usize::MAX,
-        Table::FormField => table
-            .columns()
-            .iter()
-            .position(|c| c.name.starts_with("form_"))
-            .unwrap_or(usize::MAX),
+        Table::FormField => *FORM_FIELD.get_or_init(|| {
+            table
+                .columns()
+                .iter()
+                .position(|c| c.name.starts_with("form_"))
+                .unwrap_or(usize::MAX)
+        }),
     }
 }
 
