@@ -501,7 +501,12 @@ impl Pipeline {
                 files: BTreeMap::new(),
                 digests: BTreeSet::new(),
             });
-            seg.digests.extend(digests.iter().cloned());
+            // Once per segment and module version, not a clone of every digest per record.
+            for d in digests {
+                if !seg.digests.contains(d) {
+                    seg.digests.insert(d.clone());
+                }
+            }
             for row in &rows.rows {
                 let table = Table::from(row.table);
                 let file = seg.files.entry((table, row.day)).or_insert_with(|| {
