@@ -23,9 +23,9 @@ use crate::avro::{FileEncoder, FinishedFile};
 use crate::keys::object_key;
 use crate::rolling::{FileSize, RollReason, RollingPolicy};
 use crate::tables::{Table, TableCodec};
-use crate::transform::Transform;
+use crate::transform::{Prepared, Transform};
 use form_model::avro_encode::EncodedRows;
-use form_transforms::Input;
+use form_transforms::{Input, Output, TransformError};
 
 /// One consumed record.
 #[derive(Debug, Clone)]
@@ -217,6 +217,27 @@ struct PartitionState {
     last_record: Instant,
 }
 
+/// Stands in for the transform chain while [`Pipeline::batch`] has it out of the pipeline;
+/// nothing calls it meanwhile.
+struct Lent;
+
+impl Transform for Lent {
+    fn process(&mut self, inputs: &[Input<'_>]) -> Vec<Result<Vec<Output>, TransformError>> {
+        let lent = || TransformError {
+            message: "internal: the transform chain is in use by a batch".into(),
+        };
+        inputs.iter().map(|_| Err(lent())).collect()
+    }
+
+    fn digests(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn generation(&self) -> u64 {
+        0
+    }
+}
+
 /// The pipeline (runs on its own thread: [`Pipeline::run`]).
 pub(crate) struct Pipeline {
     settings: PipelineSettings,
@@ -387,64 +408,52 @@ impl Pipeline {
             return Ok(true);
         }
         metrics::counter!("component_received_events_total").increment(records.len() as u64);
-        let outputs = {
-            let inputs: Vec<Input<'_>> = records
-                .iter()
-                .map(|r| Input {
-                    key: r.key.as_deref(),
-                    value: r.value.as_deref().unwrap_or_default(),
-                    offset: r.offset,
-                })
-                .collect();
-            self.transform.prepare(&inputs)
-        };
-        anyhow::ensure!(
-            outputs.len() == records.len(),
-            "the transform chain answered {} results for {} records",
-            outputs.len(),
-            records.len()
-        );
-        // A module swapped in at the start of this call transformed the whole batch.
+        // Modules swap only here, between batches: every record of this batch sees one version.
+        self.transform.apply_pending();
         let generation = self.transform.generation();
         if generation != self.generation {
             self.roll_all_for_swap(generation)?;
         }
         let digests = self.transform.digests();
+        let inputs: Vec<Input<'_>> = records
+            .iter()
+            .map(|r| Input {
+                key: r.key.as_deref(),
+                value: r.value.as_deref().unwrap_or_default(),
+                offset: r.offset,
+            })
+            .collect();
         let mut touched = BTreeSet::new();
         let mut rows_by_table = [0u64; 2];
-        let none = EncodedRows::default();
-        for (rec, prepared) in records.into_iter().zip(outputs) {
-            touched.insert(rec.partition);
-            match prepared {
-                Ok(rows) => {
-                    for r in &rows.rows {
-                        rows_by_table[r.table as usize] += 1;
-                    }
-                    self.accept(&rec, &rows, &digests)?;
-                }
-                Err((reason, detail)) => {
-                    metrics::counter!("s3_sink_dlq_records_total", "reason" => reason.as_str())
-                        .increment(1);
-                    debug!(partition = rec.partition, offset = rec.offset, %reason, %detail, "Record sent to the dead-letter queue.");
-                    let ps = self.partitions.get(&rec.partition).expect("filtered above");
-                    let ev = Event::Dlq {
-                        partition: rec.partition,
-                        epoch: ps.epoch,
-                        letter: DeadLetter {
-                            offset: rec.offset,
-                            key: rec.key.clone(),
-                            value: rec.value.clone(),
-                            reason,
-                            detail,
-                        },
-                    };
-                    if !self.emit(ev) {
-                        return Ok(false);
-                    }
-                    self.accept(&rec, &none, &digests)?;
+        let mut handed = 0;
+        // The chain runs while this pipeline files the rows it hands over (chunk by chunk, in
+        // order): it is lent out of `self` meanwhile.
+        let mut transform = std::mem::replace(&mut self.transform, Box::new(Lent));
+        let outcome = transform.prepare_each(&inputs, &mut |first, prepared| {
+            anyhow::ensure!(
+                first == handed && first + prepared.len() <= records.len(),
+                "the transform chain handed results for records {first}..{} of {} (expected from {handed})",
+                first + prepared.len(),
+                records.len()
+            );
+            handed += prepared.len();
+            for (rec, prepared) in records[first..].iter().zip(prepared) {
+                touched.insert(rec.partition);
+                if !self.file_prepared(rec, prepared, &digests, &mut rows_by_table)? {
+                    return Ok(false);
                 }
             }
+            Ok(true)
+        });
+        self.transform = transform;
+        if !outcome? {
+            return Ok(false);
         }
+        anyhow::ensure!(
+            handed == records.len(),
+            "the transform chain answered {handed} results for {} records",
+            records.len()
+        );
         for t in Table::ALL {
             metrics::counter!("s3_sink_rows_total", "table" => t.as_str())
                 .increment(rows_by_table[t as usize]);
@@ -457,6 +466,47 @@ impl Pipeline {
         for p in touched {
             if !self.progress(p) {
                 return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Files one record's prepared rows, or sends it to the dead-letter queue; `false` when
+    /// the async side is gone.
+    fn file_prepared(
+        &mut self,
+        rec: &InRecord,
+        prepared: Prepared,
+        digests: &[(String, String)],
+        rows_by_table: &mut [u64; 2],
+    ) -> anyhow::Result<bool> {
+        match prepared {
+            Ok(rows) => {
+                for r in &rows.rows {
+                    rows_by_table[r.table as usize] += 1;
+                }
+                self.accept(rec, &rows, digests)?;
+            }
+            Err((reason, detail)) => {
+                metrics::counter!("s3_sink_dlq_records_total", "reason" => reason.as_str())
+                    .increment(1);
+                debug!(partition = rec.partition, offset = rec.offset, %reason, %detail, "Record sent to the dead-letter queue.");
+                let ps = self.partitions.get(&rec.partition).expect("filtered above");
+                let ev = Event::Dlq {
+                    partition: rec.partition,
+                    epoch: ps.epoch,
+                    letter: DeadLetter {
+                        offset: rec.offset,
+                        key: rec.key.clone(),
+                        value: rec.value.clone(),
+                        reason,
+                        detail,
+                    },
+                };
+                if !self.emit(ev) {
+                    return Ok(false);
+                }
+                self.accept(rec, &EncodedRows::default(), digests)?;
             }
         }
         Ok(true)

@@ -6,8 +6,9 @@
 //!
 //! # Hot swap and replays
 //!
-//! The chain watches its `.wasm` files and swaps a changed module in at the start of a
-//! `process` call, so every record of one call is transformed by one module version; its
+//! The chain watches its `.wasm` files; the pipeline swaps a changed module in only between
+//! batches ([`Transform::apply_pending`], at the start of each batch and on every tick), so
+//! every record of one batch is transformed by one module version; its
 //! [`Transform::generation`] then changes. The pipeline closes every open segment of every
 //! partition at that point (a wall-clock boundary, sealed in the consumer group like an idle
 //! flush), so the `form_etl.transforms` digests in a file's metadata hold for all its rows.
@@ -37,15 +38,31 @@ use tracing::{info, warn};
 /// queue.
 pub(crate) type Prepared = Result<EncodedRows, (DlqReason, String)>;
 
+/// What [`Transform::prepare_each`] hands prepared records to: `(index of the first input,
+/// results)`; `Ok(false)` or an error stops the batch.
+pub(crate) type Accept<'a> = dyn FnMut(usize, Vec<Prepared>) -> anyhow::Result<bool> + 'a;
+
 /// A synchronous transform chain (runs on the pipeline thread).
 pub(crate) trait Transform: Send {
     /// One result per input, in order: the output records, or why the chain refused it.
+    /// Never swaps modules (see [`Transform::apply_pending`]).
     fn process(&mut self, inputs: &[Input<'_>]) -> Vec<Result<Vec<Output>, TransformError>>;
 
-    /// Transforms and encodes `inputs`: one result per input, in order. The default runs on
-    /// the calling thread; [`ParallelChain`] splits the batch over two threads.
-    fn prepare(&mut self, inputs: &[Input<'_>]) -> Vec<Prepared> {
-        prepare_with(self, inputs)
+    /// Transforms and encodes `inputs` and hands the results, in input order, to `accept`
+    /// (on the calling thread) as `(index of the first, results)`; stops when `accept` answers
+    /// `Ok(false)` or an error, and returns that. The default prepares the whole batch on the
+    /// calling thread; [`ParallelChain`] shares it with a second thread and hands over each
+    /// chunk as soon as it and those before it are ready, so the pipeline thread files the
+    /// first rows while the other thread still transforms.
+    ///
+    /// Never swaps modules: the caller does, between batches, with [`Transform::apply_pending`].
+    fn prepare_each(
+        &mut self,
+        inputs: &[Input<'_>],
+        accept: &mut Accept<'_>,
+    ) -> anyhow::Result<bool> {
+        let prepared = prepare_with(self, inputs);
+        accept(0, prepared)
     }
 
     /// `(uses, sha256)` of every module currently in the chain (recorded in each file).
@@ -55,8 +72,8 @@ pub(crate) trait Transform: Send {
     /// that processed that batch).
     fn generation(&self) -> u64;
 
-    /// Takes a module the watcher has ready, without a batch (an idle sink swaps too);
-    /// `process` does it by itself.
+    /// Takes a module the watcher has ready: the only place modules swap (the pipeline calls
+    /// it before each batch and on every tick).
     fn apply_pending(&mut self) {}
 
     /// How many changed modules were refused so far (the old ones kept running).
@@ -67,7 +84,7 @@ pub(crate) trait Transform: Send {
 
 impl Transform for TransformChain {
     fn process(&mut self, inputs: &[Input<'_>]) -> Vec<Result<Vec<Output>, TransformError>> {
-        TransformChain::process(self, inputs)
+        TransformChain::process_held(self, inputs)
     }
 
     fn digests(&self) -> Vec<(String, String)> {
@@ -144,9 +161,8 @@ const CHUNK_RECORDS: usize = 32;
 /// independent; the WASM call and the row encoding are most of the sink's CPU).
 ///
 /// Both halves always run the same module bytes: the helper is rebuilt from the files
-/// whenever the watched chain swaps, and used only if its sha256s equal the watched chain's.
-/// A swap that lands inside a batch (at the start of one of the watched chain's calls) makes
-/// the whole batch run again on the watched chain, so one batch never mixes module versions.
+/// whenever the watched chain swaps (between batches only), and used only if its sha256s equal
+/// the watched chain's.
 pub(crate) struct ParallelChain {
     main: TransformChain,
     steps: Vec<TransformStep>,
@@ -235,49 +251,77 @@ fn same_modules(a: &TransformChain, b: &TransformChain) -> bool {
 
 impl Transform for ParallelChain {
     fn process(&mut self, inputs: &[Input<'_>]) -> Vec<Result<Vec<Output>, TransformError>> {
-        self.main.process(inputs)
+        self.main.process_held(inputs)
     }
 
-    fn prepare(&mut self, inputs: &[Input<'_>]) -> Vec<Prepared> {
-        self.main.apply_pending();
+    fn prepare_each(
+        &mut self,
+        inputs: &[Input<'_>],
+        accept: &mut Accept<'_>,
+    ) -> anyhow::Result<bool> {
         if inputs.len() < PARALLEL_MIN_RECORDS || !self.helper_ready() {
-            return prepare_with(&mut self.main, inputs);
+            let prepared = prepare_with(&mut self.main, inputs);
+            return accept(0, prepared);
         }
-        let generation = self.main.generation();
         let chunks: Vec<&[Input<'_>]> = inputs.chunks(CHUNK_RECORDS).collect();
+        let n = chunks.len();
         let next = AtomicUsize::new(0);
-        // Both threads take the next chunk until none is left: on a busy machine the helper
-        // may start late or run slowly, and the pipeline thread then does more of the batch
-        // instead of waiting for it.
-        let take_chunks = |chain: &mut TransformChain| {
-            let mut done = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(chunk) = chunks.get(i) else {
-                    return done;
-                };
-                done.push((i, prepare_with(chain, chunk)));
-            }
-        };
         let Self {
             main, helper, pool, ..
         } = self;
         let helper = helper.as_mut().expect("helper_ready");
         let pool = pool.as_ref().expect("helper_ready: a pool");
-        let mut theirs = Vec::new();
-        let mut results = pool.in_place_scope(|s| {
-            s.spawn(|_| theirs = take_chunks(helper));
-            take_chunks(main)
-        });
-        results.append(&mut theirs);
-        if main.generation() != generation {
-            // Swapped at the start of one of the watched chain's calls: some chunks ran the
-            // old module. Run the whole batch again on the new one (one call: one version).
-            return prepare_with(main, inputs);
-        }
-        results.sort_unstable_by_key(|(i, _)| *i);
-        debug_assert_eq!(results.len(), chunks.len());
-        results.into_iter().flat_map(|(_, p)| p).collect()
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<Prepared>)>();
+        let (chunks, next) = (&chunks, &next);
+        pool.in_place_scope(|s| {
+            // The helper takes the next chunk until none is left (on a busy machine it may
+            // start late or run slowly: the pipeline thread then takes more of them).
+            s.spawn(move |_| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(chunk) = chunks.get(i) else {
+                        return;
+                    };
+                    if done_tx.send((i, prepare_with(helper, chunk))).is_err() {
+                        return;
+                    }
+                }
+            });
+            // The pipeline thread hands over every chunk that is ready in order, and
+            // otherwise transforms the next one, or waits for the helper's.
+            let mut ready: Vec<Option<Vec<Prepared>>> = (0..n).map(|_| None).collect();
+            let mut handed = 0;
+            let outcome = 'batch: loop {
+                while let Ok((i, prepared)) = done_rx.try_recv() {
+                    ready[i] = Some(prepared);
+                }
+                while let Some(prepared) = ready.get_mut(handed).and_then(Option::take) {
+                    match accept(handed * CHUNK_RECORDS, prepared) {
+                        Ok(true) => handed += 1,
+                        stop => break 'batch stop,
+                    }
+                }
+                if handed == n {
+                    break Ok(true);
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if let Some(chunk) = chunks.get(i) {
+                    ready[i] = Some(prepare_with(main, chunk));
+                    continue;
+                }
+                match done_rx.recv() {
+                    Ok((i, prepared)) => ready[i] = Some(prepared),
+                    Err(_) => {
+                        break Err(anyhow::anyhow!(
+                            "internal: the transform helper stopped with chunk {handed} of {n} not done"
+                        ));
+                    }
+                }
+            };
+            // Stopped early: the helper takes no further chunk (the scope waits for its last).
+            next.store(n, Ordering::Relaxed);
+            outcome
+        })
     }
 
     fn digests(&self) -> Vec<(String, String)> {
@@ -331,5 +375,116 @@ pub(crate) mod tests {
         fn generation(&self) -> u64 {
             self.generation.load(Ordering::SeqCst)
         }
+    }
+
+    /// The built `form-flatten` module (`make build-smartmodules`).
+    fn flatten_step() -> TransformStep {
+        TransformStep::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/wasm32-unknown-unknown/release/form_flatten.wasm"
+        ))
+    }
+
+    /// 1,000 records, every 7th one not JSON (a dead letter).
+    fn records() -> Vec<Vec<u8>> {
+        (0..1000)
+            .map(|i| {
+                if i % 7 == 3 {
+                    format!("not json {i}").into_bytes()
+                } else {
+                    form_model::canary_record()
+                }
+            })
+            .collect()
+    }
+
+    /// A prepared result as comparable data.
+    fn summary(p: &Prepared) -> Result<Vec<(u8, i64, Vec<u8>)>, String> {
+        match p {
+            Ok(rows) => Ok(rows
+                .rows
+                .iter()
+                .map(|r| (r.table as u8, r.day, rows.datum(r).to_vec()))
+                .collect()),
+            Err((reason, detail)) => Err(format!("{reason:?}: {detail}")),
+        }
+    }
+
+    #[test]
+    fn both_threads_hand_over_every_chunk_in_order_as_one_thread_prepares_it() {
+        let values = records();
+        let inputs: Vec<Input<'_>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Input {
+                key: None,
+                value: v,
+                offset: i as i64,
+            })
+            .collect();
+        let mut one = load_chain(&[flatten_step()], false).expect("form-flatten is built");
+        let expected: Vec<_> = prepare_with(&mut one, &inputs)
+            .iter()
+            .map(summary)
+            .collect();
+        assert!(expected.iter().any(Result::is_err) && expected.iter().any(Result::is_ok));
+
+        let mut two = ParallelChain::load(&[flatten_step()]).unwrap();
+        for _ in 0..3 {
+            let mut got = Vec::new();
+            let more = two
+                .prepare_each(&inputs, &mut |first, prepared| {
+                    assert_eq!(first, got.len(), "handed over in order");
+                    got.extend(prepared.iter().map(summary));
+                    Ok(true)
+                })
+                .unwrap();
+            assert!(more);
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn a_stop_or_an_error_ends_the_batch_at_that_chunk() {
+        let values = records();
+        let inputs: Vec<Input<'_>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Input {
+                key: None,
+                value: v,
+                offset: i as i64,
+            })
+            .collect();
+        let mut two = ParallelChain::load(&[flatten_step()]).unwrap();
+        let mut calls = 0;
+        let more = two
+            .prepare_each(&inputs, &mut |_, _| {
+                calls += 1;
+                Ok(calls < 3)
+            })
+            .unwrap();
+        assert!(!more);
+        assert_eq!(calls, 3);
+        let mut calls = 0;
+        let e = two
+            .prepare_each(&inputs, &mut |_, _| {
+                calls += 1;
+                anyhow::ensure!(calls < 2, "full disk");
+                Ok(true)
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "full disk");
+        assert_eq!(calls, 2);
+        // The chain is still usable afterwards.
+        let mut handed = 0;
+        assert!(
+            two.prepare_each(&inputs, &mut |_, prepared| {
+                handed += prepared.len();
+                Ok(true)
+            })
+            .unwrap()
+        );
+        assert_eq!(handed, inputs.len());
     }
 }

@@ -295,6 +295,16 @@ impl TransformChain {
     /// refused record never stops the others. Never panics on bad input.
     pub fn process(&mut self, inputs: &[Input<'_>]) -> Vec<Result<Vec<Output>, TransformError>> {
         self.apply_pending();
+        self.process_held(inputs)
+    }
+
+    /// [`TransformChain::process`] without taking a module the watcher has ready first: a
+    /// caller that splits one batch into several calls swaps only between batches, with
+    /// [`TransformChain::apply_pending`], so that one batch sees one module version.
+    pub fn process_held(
+        &mut self,
+        inputs: &[Input<'_>],
+    ) -> Vec<Result<Vec<Output>, TransformError>> {
         let n = inputs.len();
         let mut results: Vec<Option<Result<Vec<Output>, TransformError>>> = vec![None; n];
         let mut start = 0;
