@@ -398,6 +398,19 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// `values` as inputs at offsets 0, 1, ….
+    fn inputs(values: &[Vec<u8>]) -> Vec<Input<'_>> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Input {
+                key: None,
+                value: v,
+                offset: i as i64,
+            })
+            .collect()
+    }
+
     /// A prepared result as comparable data.
     fn summary(p: &Prepared) -> Result<Vec<(u8, i64, Vec<u8>)>, String> {
         match p {
@@ -413,15 +426,7 @@ pub(crate) mod tests {
     #[test]
     fn both_threads_hand_over_every_chunk_in_order_as_one_thread_prepares_it() {
         let values = records();
-        let inputs: Vec<Input<'_>> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Input {
-                key: None,
-                value: v,
-                offset: i as i64,
-            })
-            .collect();
+        let inputs = inputs(&values);
         let mut one = load_chain(&[flatten_step()], false).expect("form-flatten is built");
         let expected: Vec<_> = prepare_with(&mut one, &inputs)
             .iter()
@@ -447,15 +452,7 @@ pub(crate) mod tests {
     #[test]
     fn a_stop_or_an_error_ends_the_batch_at_that_chunk() {
         let values = records();
-        let inputs: Vec<Input<'_>> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Input {
-                key: None,
-                value: v,
-                offset: i as i64,
-            })
-            .collect();
+        let inputs = inputs(&values);
         let mut two = ParallelChain::load(&[flatten_step()]).unwrap();
         let mut calls = 0;
         let more = two
