@@ -10,6 +10,11 @@ use fluvio_smartmodule::{RecordData, Result, SmartModuleRecord, eyre};
 #[cfg(target_arch = "wasm32")]
 mod abi;
 
+// Free lists by size class in front of dlmalloc (see alloc.rs): only where the module is
+// single-threaded.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+mod alloc;
+
 /// Flattens one record (called by the WASM entry point for each record of a batch).
 pub fn map(record: &SmartModuleRecord) -> Result<(Option<RecordData>, RecordData)> {
     if cfg!(feature = "always-fail") {
