@@ -260,8 +260,13 @@ impl Transform for ParallelChain {
         accept: &mut Accept<'_>,
     ) -> anyhow::Result<bool> {
         if inputs.len() < PARALLEL_MIN_RECORDS || !self.helper_ready() {
-            let prepared = prepare_with(&mut self.main, inputs);
-            return accept(0, prepared);
+            // One thread: still chunk by chunk (the engine's buffers per call stay small).
+            for (i, chunk) in inputs.chunks(CHUNK_RECORDS).enumerate() {
+                if !accept(i * CHUNK_RECORDS, prepare_with(&mut self.main, chunk))? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
         }
         let chunks: Vec<&[Input<'_>]> = inputs.chunks(CHUNK_RECORDS).collect();
         let n = chunks.len();
@@ -400,15 +405,7 @@ pub(crate) mod tests {
 
     /// `values` as inputs at offsets 0, 1, ….
     fn inputs(values: &[Vec<u8>]) -> Vec<Input<'_>> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Input {
-                key: None,
-                value: v,
-                offset: i as i64,
-            })
-            .collect()
+        Input::numbered(values, 0)
     }
 
     /// A prepared result as comparable data.
