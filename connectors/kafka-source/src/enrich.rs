@@ -261,12 +261,7 @@ impl Enricher {
 
     /// Number of cached (answered) forms.
     pub fn cached(&self) -> usize {
-        let slots = self.inner.slots.lock().expect("cache lock");
-        slots
-            .map
-            .values()
-            .filter(|s| matches!(s, Slot::Ready(_)))
-            .count()
+        self.inner.slots.lock().expect("cache lock").ready
     }
 
     /// Estimated bytes of the cached forms (what `enrich.cache.max-bytes` bounds).
@@ -279,11 +274,13 @@ impl Enricher {
 /// `Fetched`, the allocations' headers): an estimate, for `enrich.cache.max-bytes`.
 pub const ENTRY_OVERHEAD: usize = 160;
 
-/// The cache: forms by id, and the estimated bytes of the answered ones.
+/// The cache: forms by id, and the count and estimated bytes of the answered ones (kept as
+/// entries come and go, so the progress line reads them without walking the map).
 #[derive(Default)]
 struct Cache {
     map: HashMap<String, Slot>,
     bytes: usize,
+    ready: usize,
 }
 
 /// Estimated bytes of a cached entry (requests in flight count nothing: they are bounded by
@@ -307,8 +304,10 @@ impl Cache {
     fn insert(&mut self, id: String, slot: Slot) {
         let id_len = id.len();
         self.bytes += entry_bytes(id_len, &slot);
+        self.ready += usize::from(matches!(slot, Slot::Ready(_)));
         if let Some(old) = self.map.insert(id, slot) {
             self.bytes -= entry_bytes(id_len, &old);
+            self.ready -= usize::from(matches!(old, Slot::Ready(_)));
         }
     }
 
@@ -318,10 +317,11 @@ impl Cache {
         if self.map.len() <= max_entries && self.bytes <= max_bytes {
             return;
         }
-        let mut bytes = self.bytes;
+        let (mut bytes, mut ready) = (self.bytes, self.ready);
         self.map.retain(|id, s| match s {
             Slot::Ready(f) if f.at.elapsed() >= ttl => {
                 bytes -= entry_bytes(id.len(), s);
+                ready -= 1;
                 false
             }
             _ => true,
@@ -333,6 +333,7 @@ impl Cache {
                 if (entries > max_entries || bytes > max_bytes) && matches!(s, Slot::Ready(_)) {
                     entries -= 1;
                     bytes -= entry_bytes(id.len(), s);
+                    ready -= 1;
                     false
                 } else {
                     true
@@ -340,6 +341,7 @@ impl Cache {
             });
         }
         self.bytes = bytes;
+        self.ready = ready;
     }
 }
 
@@ -872,17 +874,22 @@ mod tests {
     fn cache_counts_the_bytes_of_answered_entries() {
         let mut c = Cache::default();
         c.insert("aa".into(), loading(1));
-        assert_eq!(c.bytes, 0, "a request in flight counts nothing");
+        assert_eq!(
+            (c.bytes, c.ready),
+            (0, 0),
+            "a request in flight counts nothing"
+        );
         c.insert("aa".into(), ready(FORM, Duration::ZERO));
-        assert_eq!(c.bytes, ENTRY);
+        assert_eq!((c.bytes, c.ready), (ENTRY, 1));
         c.insert("aa".into(), ready(b"{}", Duration::ZERO));
         assert_eq!(
             c.bytes,
             ENTRY_OVERHEAD + 2 + 2,
             "a replaced answer is subtracted"
         );
+        assert_eq!(c.ready, 1);
         c.insert("aa".into(), loading(2));
-        assert_eq!(c.bytes, 0, "a refetch replaces the answer");
+        assert_eq!((c.bytes, c.ready), (0, 0), "a refetch replaces the answer");
     }
 
     #[test]
@@ -901,13 +908,14 @@ mod tests {
         assert!(matches!(c.map.get("in-flight"), Some(Slot::Loading { .. })));
         let counted: usize = c.map.iter().map(|(id, s)| entry_bytes(id.len(), s)).sum();
         assert_eq!(counted, c.bytes);
+        assert_eq!(c.ready, 45);
         // Under both bounds: nothing happens.
         c.evict(1_000, 50 * ENTRY, ttl);
         assert_eq!(c.map.len(), 46);
         // By entries.
         c.evict(20, usize::MAX, ttl);
         assert_eq!(c.map.len(), 18);
-        assert_eq!(c.bytes, 17 * ENTRY);
+        assert_eq!((c.bytes, c.ready), (17 * ENTRY, 17));
     }
 
     #[test]
@@ -922,7 +930,7 @@ mod tests {
         let mut left: Vec<_> = c.map.keys().cloned().collect();
         left.sort();
         assert_eq!(left, ["05", "06", "07", "08", "09"]);
-        assert_eq!(c.bytes, 5 * ENTRY);
+        assert_eq!((c.bytes, c.ready), (5 * ENTRY, 5));
     }
 
     #[test]

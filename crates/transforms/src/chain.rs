@@ -31,6 +31,20 @@ pub struct Input<'a> {
     pub offset: i64,
 }
 
+impl<'a> Input<'a> {
+    /// Keyless inputs of `values`, at offsets `first`, `first + 1`, … (tests and benches).
+    pub fn numbered(values: &'a [Vec<u8>], first: i64) -> Vec<Self> {
+        (first..)
+            .zip(values)
+            .map(|(offset, value)| Input {
+                key: None,
+                value,
+                offset,
+            })
+            .collect()
+    }
+}
+
 /// One output record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {

@@ -155,15 +155,7 @@ fn periodic_rebuild_keeps_every_record() {
     while chain.rebuilds() < 2 {
         assert!(std::time::Instant::now() < deadline, "no rebuild");
         let values: Vec<Vec<u8>> = (n..n + 100).map(|i| enriched(i, 3)).collect();
-        let inputs: Vec<Input<'_>> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Input {
-                key: None,
-                value: v,
-                offset: (n + i as u64) as i64,
-            })
-            .collect();
+        let inputs = Input::numbered(&values, n as i64);
         let results = chain.process(&inputs);
         for (i, r) in results.iter().enumerate() {
             let outs = r.as_ref().unwrap();

@@ -15,15 +15,7 @@ use form_transforms::{ChainOptions, Input, TransformChain, TransformStep};
 /// per record whether the title was upper-cased.
 fn batch(chain: &mut TransformChain, next: &mut u64, size: u64) -> Vec<bool> {
     let values: Vec<Vec<u8>> = (*next..*next + size).map(|n| enriched(n, 2)).collect();
-    let inputs: Vec<Input<'_>> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Input {
-            key: None,
-            value: v,
-            offset: (*next + i as u64) as i64,
-        })
-        .collect();
+    let inputs = Input::numbered(&values, *next as i64);
     let results = chain.process(&inputs);
     assert_eq!(results.len(), inputs.len());
     let mut upper = Vec::new();

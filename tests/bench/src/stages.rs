@@ -164,15 +164,7 @@ fn wasm_flatten(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<Stage> {
         ..ChainOptions::default()
     };
     let mut chain = TransformChain::new(&[TransformStep::new("form-flatten")], opts)?;
-    let batch: Vec<Input<'_>> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Input {
-            key: None,
-            value: v,
-            offset: i as i64,
-        })
-        .collect();
+    let batch = Input::numbered(inputs, 0);
     // Same output as native on the first record.
     let first = chain
         .process(&batch[..1])
