@@ -300,8 +300,9 @@ pub(crate) async fn run(
                 }
             }
             msg = consumer.recv(), if can_consume => {
+                // Copied once, straight from librdkafka's buffer (not detached first).
                 let first = match msg {
-                    Ok(m) => m.detach(),
+                    Ok(m) => to_record(&m),
                     Err(e) => {
                         warn!(error = %e, "Kafka consumer error (retried by the client).");
                         continue;
@@ -310,17 +311,17 @@ pub(crate) async fn run(
                 // Rebalances seen while polling come before this record.
                 rebalance(&mut pending, &mut manager, &mut epoch)?;
                 let limit = opts.max_records.map_or(BATCH_MAX as u64, |m| (m - forwarded).min(BATCH_MAX as u64)) as usize;
-                let mut batch = vec![to_record(&first)];
+                let mut batch = vec![first];
                 let mut batch_bytes = input_bytes(&batch[0]);
                 while batch.len() < limit && batch_bytes < BATCH_MAX_BYTES {
                     match consumer.recv().now_or_never() {
                         Some(Ok(m)) => {
-                            let m = m.detach();
+                            let r = to_record(&m);
+                            drop(m);
                             if !consumer.context().events.lock().expect("rebalance lock").is_empty() {
                                 pending.push_back(Cmd::Batch(std::mem::take(&mut batch)));
                                 rebalance(&mut pending, &mut manager, &mut epoch)?;
                             }
-                            let r = to_record(&m);
                             batch_bytes += input_bytes(&r);
                             batch.push(r);
                         }
@@ -390,7 +391,7 @@ fn input_bytes(r: &InRecord) -> usize {
     r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)
 }
 
-fn to_record(m: &rdkafka::message::OwnedMessage) -> InRecord {
+fn to_record(m: &impl Message) -> InRecord {
     InRecord {
         partition: m.partition(),
         offset: m.offset(),

@@ -15,6 +15,7 @@ use std::io::Cursor;
 
 use fluvio_smartmodule::Record;
 use fluvio_smartmodule::dataplane::core::{Decoder, Encoder, EncoderVarInt, Version};
+use fluvio_smartmodule::dataplane::record::RecordHeader;
 use fluvio_smartmodule::dataplane::smartmodule::SmartModuleInput;
 
 /// Appends `records` as fluvio-protocol encodes a `Vec<Record>`: the count (`u32`, big
@@ -32,20 +33,66 @@ pub fn encode_records<'a>(
     Ok(())
 }
 
+/// One record to encode from borrowed bytes: what [`encode_parts`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    /// The record's key.
+    pub key: Option<&'a [u8]>,
+    /// The record's value.
+    pub value: &'a [u8],
+    /// Its offset delta (the timestamp delta is 0 and there are no headers, as in
+    /// `Record::new`).
+    pub offset_delta: i64,
+}
+
+/// [`encode_records`] for records given as borrowed bytes: the same wire bytes as for
+/// `Record`s built from copies of them (`Record::new(value)`, key and offset delta set),
+/// without making those copies.
+pub fn encode_parts<'a>(
+    out: &mut Vec<u8>,
+    records: impl ExactSizeIterator<Item = Parts<'a>>,
+    version: Version,
+) -> Result<(), std::io::Error> {
+    let count = u32::try_from(records.len()).map_err(std::io::Error::other)?;
+    out.extend_from_slice(&count.to_be_bytes());
+    for parts in records {
+        let mut preamble = RecordHeader::default();
+        preamble.set_offset_delta(parts.offset_delta);
+        put_record(out, &preamble, parts.key, parts.value, 0, version)?;
+    }
+    Ok(())
+}
+
 fn encode_record(
     out: &mut Vec<u8>,
     record: &Record,
     version: Version,
 ) -> Result<(), std::io::Error> {
-    let key = record.key.as_ref().map(|k| k.as_ref());
-    let value = record.value.as_ref();
-    let len = record.preamble.write_size(version)
+    put_record(
+        out,
+        &record.preamble,
+        record.key.as_ref().map(|k| k.as_ref()),
+        record.value.as_ref(),
+        record.headers,
+        version,
+    )
+}
+
+fn put_record(
+    out: &mut Vec<u8>,
+    preamble: &RecordHeader,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: i64,
+    version: Version,
+) -> Result<(), std::io::Error> {
+    let len = preamble.write_size(version)
         + 1
         + key.map_or(0, data_size)
         + data_size(value)
-        + record.headers.var_write_size();
+        + headers.var_write_size();
     (len as i64).encode_varint(out)?;
-    record.preamble.encode(out, version)?;
+    preamble.encode(out, version)?;
     match key {
         Some(k) => {
             out.push(1);
@@ -54,7 +101,7 @@ fn encode_record(
         None => out.push(0),
     }
     put_data(out, value)?;
-    record.headers.encode_varint(out)
+    headers.encode_varint(out)
 }
 
 fn data_size(bytes: &[u8]) -> usize {
@@ -140,6 +187,33 @@ mod tests {
                     .unwrap();
                 assert_eq!(back.len(), n);
             }
+        }
+    }
+
+    #[test]
+    fn parts_encode_as_the_records_built_from_them() {
+        for version in [0, 21, 23] {
+            let rs = records();
+            let parts = rs.iter().map(|r| Parts {
+                key: r.key.as_ref().map(|k| k.as_ref()),
+                value: r.value.as_ref(),
+                offset_delta: r.preamble.offset_delta(),
+            });
+            let mut ours = Vec::new();
+            encode_parts(&mut ours, parts, version).unwrap();
+            // The records as `Record::new` builds them: timestamp delta 0, no headers.
+            let built: Vec<Record> = rs
+                .iter()
+                .map(|r| {
+                    let mut b = Record::new(r.value.as_ref().to_vec());
+                    b.key = r.key.clone();
+                    b.preamble.set_offset_delta(r.preamble.offset_delta());
+                    b
+                })
+                .collect();
+            let mut theirs = Vec::new();
+            built.encode(&mut theirs, version).unwrap();
+            assert_eq!(ours, theirs, "version {version}");
         }
     }
 

@@ -11,8 +11,8 @@ use fluvio_smartengine::{
     DEFAULT_SMARTENGINE_VERSION, SmartEngine, SmartModuleChainBuilder, SmartModuleChainInstance,
     SmartModuleConfig,
 };
-use fluvio_smartmodule::Record;
 use fluvio_smartmodule::dataplane::smartmodule::SmartModuleInput;
+use record_wire::Parts;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
@@ -405,21 +405,16 @@ impl TransformChain {
         } else {
             0
         };
-        let records: Vec<Record> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| {
-                let mut r = Record::new(input.value.to_vec());
-                r.key = input.key.map(|k| k.to_vec().into());
-                let delta = if increasing {
-                    input.offset.wrapping_sub(base)
-                } else {
-                    i as i64
-                };
-                r.preamble.set_offset_delta(delta);
-                r
-            })
-            .collect();
+        // Encoded straight from the inputs' bytes (no `Record` copies of them).
+        let records = inputs.iter().enumerate().map(|(i, input)| Parts {
+            key: input.key,
+            value: input.value,
+            offset_delta: if increasing {
+                input.offset.wrapping_sub(base)
+            } else {
+                i as i64
+            },
+        });
         let locate = |offset: i64| -> Option<usize> {
             let delta = offset.wrapping_sub(base);
             if increasing {
@@ -428,7 +423,7 @@ impl TransformChain {
                 usize::try_from(delta).ok().filter(|&i| i < inputs.len())
             }
         };
-        let mut sm_input = match encode_input(&records) {
+        let mut sm_input = match encode_input(records) {
             Ok(i) => i,
             Err(e) => {
                 return SubBatch::Trapped(format!("encoding records for the SmartModule: {e}"));
@@ -606,10 +601,15 @@ fn build(
 
 /// `SmartModuleInput::try_from_records`, with the records encoded by `record-wire` (whole
 /// values copied, not byte by byte; same bytes).
-fn encode_input(records: &[Record]) -> std::io::Result<SmartModuleInput> {
-    let size: usize = records.iter().map(|r| r.value.len() + 32).sum();
+fn encode_input<'a>(
+    records: impl ExactSizeIterator<Item = Parts<'a>> + Clone,
+) -> std::io::Result<SmartModuleInput> {
+    let size: usize = records
+        .clone()
+        .map(|r| r.value.len() + r.key.map_or(0, <[u8]>::len) + 32)
+        .sum();
     let mut raw = Vec::with_capacity(size + 4);
-    record_wire::encode_records(&mut raw, records.iter(), DEFAULT_SMARTENGINE_VERSION)?;
+    record_wire::encode_parts(&mut raw, records, DEFAULT_SMARTENGINE_VERSION)?;
     Ok(SmartModuleInput::new(raw, 0, 0))
 }
 
@@ -617,9 +617,13 @@ fn encode_input(records: &[Record]) -> std::io::Result<SmartModuleInput> {
 /// the seed's event time) and two `form_field` rows. Titles may differ (a module may
 /// legitimately change them).
 fn check_canary(instance: &mut SmartModuleChainInstance) -> Result<(), String> {
-    let mut record = Record::new(form_model::canary_record());
-    record.key = Some(b"abcde".to_vec().into());
-    let input = encode_input(&[record]).map_err(|e| e.to_string())?;
+    let value = form_model::canary_record();
+    let record = Parts {
+        key: Some(b"abcde"),
+        value: &value,
+        offset_delta: 0,
+    };
+    let input = encode_input(std::iter::once(record)).map_err(|e| e.to_string())?;
     let out = instance.process(input).map_err(|e| format!("{e:#}"))?;
     if let Some(err) = out.error {
         return Err(format!(
