@@ -38,6 +38,13 @@ pub(crate) struct InRecord {
     pub(crate) value: Option<Vec<u8>>,
 }
 
+impl InRecord {
+    /// Its key and value bytes (what batches are cut and merged by).
+    pub(crate) fn input_bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// A boundary sealed by an earlier run: the segment starting at `start` must end at `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seal {
@@ -65,20 +72,29 @@ pub(crate) enum Cmd {
 
 /// Records one batch may reach by taking the batches queued behind it (see [`coalesce`]).
 const COALESCE_MAX_RECORDS: usize = 1024;
+/// Input bytes one batch may reach that way (four of the async side's 256 KiB batches): the
+/// transform's results for a batch may all be alive at once, so this bounds them whatever the
+/// records' size.
+const COALESCE_MAX_BYTES: usize = 1 << 20;
 
-/// `records`, followed by the batches already queued behind it, up to
-/// [`COALESCE_MAX_RECORDS`]; the first other command read is left in `next`. The async side
-/// cuts batches at 256 KiB (~160 records) for memory; when the pipeline is behind, handling
-/// them one by one left the transform helper idle at the end of each (a batch is only ~5 of
-/// its 32-record chunks). Same records in the same order: only the batch boundaries move.
+/// `records`, followed by the batches already queued behind it, while it has fewer than
+/// [`COALESCE_MAX_RECORDS`] records and [`COALESCE_MAX_BYTES`] of input; the first other
+/// command read is left in `next`. The async side cuts batches at 256 KiB (~160 records) for
+/// memory; when the pipeline is behind, handling them one by one left the transform helper
+/// idle at the end of each (a batch is only ~5 of its 32-record chunks). Same records in the
+/// same order: only the batch boundaries move.
 fn coalesce(
     mut records: Vec<InRecord>,
     cmds: &mut mpsc::Receiver<Cmd>,
     next: &mut Option<Cmd>,
 ) -> Vec<InRecord> {
-    while records.len() < COALESCE_MAX_RECORDS {
+    let mut bytes: usize = records.iter().map(InRecord::input_bytes).sum();
+    while records.len() < COALESCE_MAX_RECORDS && bytes < COALESCE_MAX_BYTES {
         match cmds.try_recv() {
-            Ok(Cmd::Batch(more)) => records.extend(more),
+            Ok(Cmd::Batch(more)) => {
+                bytes += more.iter().map(InRecord::input_bytes).sum::<usize>();
+                records.extend(more);
+            }
             Ok(other) => {
                 *next = Some(other);
                 break;
@@ -897,6 +913,12 @@ mod tests {
             coalesce(full, &mut rx, &mut next).len(),
             COALESCE_MAX_RECORDS
         );
+        assert!(rx.try_recv().is_ok(), "left queued");
+        // And by bytes: one record of 1 MiB takes nothing more.
+        tx.try_send(batch(0, 5, 1)).unwrap();
+        let mut big = record(3, 0, 1, 0);
+        big.value = Some(vec![b' '; COALESCE_MAX_BYTES]);
+        assert_eq!(coalesce(vec![big], &mut rx, &mut next).len(), 1);
         assert!(rx.try_recv().is_ok(), "left queued");
     }
 

@@ -312,7 +312,7 @@ pub(crate) async fn run(
                 rebalance(&mut pending, &mut manager, &mut epoch)?;
                 let limit = opts.max_records.map_or(BATCH_MAX as u64, |m| (m - forwarded).min(BATCH_MAX as u64)) as usize;
                 let mut batch = vec![first];
-                let mut batch_bytes = input_bytes(&batch[0]);
+                let mut batch_bytes = batch[0].input_bytes();
                 while batch.len() < limit && batch_bytes < BATCH_MAX_BYTES {
                     match consumer.recv().now_or_never() {
                         Some(Ok(m)) => {
@@ -322,7 +322,7 @@ pub(crate) async fn run(
                                 pending.push_back(Cmd::Batch(std::mem::take(&mut batch)));
                                 rebalance(&mut pending, &mut manager, &mut epoch)?;
                             }
-                            batch_bytes += input_bytes(&r);
+                            batch_bytes += r.input_bytes();
                             batch.push(r);
                         }
                         Some(Err(e)) => {
@@ -385,10 +385,6 @@ async fn commit_result(
 fn split_budget(budget: u64, part_size: u64) -> (usize, usize) {
     let inflight = (budget / 4).max(2 * part_size).min(budget / 2);
     ((budget - inflight) as usize, inflight as usize)
-}
-
-fn input_bytes(r: &InRecord) -> usize {
-    r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)
 }
 
 fn to_record(m: &impl Message) -> InRecord {
