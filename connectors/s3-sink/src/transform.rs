@@ -124,7 +124,12 @@ fn prepare_with<T: Transform + ?Sized>(t: &mut T, inputs: &[Input<'_>]) -> Vec<P
         .map(|out| match out {
             Err(e) => Err((DlqReason::TransformError, e.message)),
             Ok(outs) => {
-                let mut rows = EncodedRows::default();
+                // The datums are shorter than the JSON text they come from (no keys): one
+                // allocation, where growing from empty took ~10 per record.
+                let mut rows = EncodedRows {
+                    bytes: Vec::with_capacity(outs.iter().map(|o| o.value.len()).sum()),
+                    rows: Vec::with_capacity(16),
+                };
                 encode_rows(&outs, &mut rows).map(|()| rows)
             }
         })

@@ -14,7 +14,7 @@ use std::ops::Range;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::avro::{ColumnType, Problem, SchemaMismatch, Table};
-use crate::json::{Json, Reader};
+use crate::json::{Kind, Reader};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -104,7 +104,7 @@ fn encode_serde(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeError> 
 /// `None` for anything else (a syntax error, a key or value the schema refuses, an input the
 /// reader leaves to serde_json), with `out` then partly written.
 fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
-    let mut r = Reader::new(value)?;
+    let mut r = Reader::new(value);
     if r.next_token()? != b'{' {
         return None;
     }
@@ -137,10 +137,13 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                 }
                 slots.clear();
                 slots.resize_with(columns, || None);
+                // Set when this row's tail is the previous row's: its encoded columns from
+                // `tail_from` on are then the previous row's bytes.
+                let mut reuse = None;
+                let mut in_tail: Option<usize> = None;
                 if !r.eat(b'}') {
                     // Rows usually list their columns in schema order: try the next one first.
                     let mut next = 0;
-                    let mut in_tail: Option<usize> = None;
                     loop {
                         let key_at = r.pos();
                         if r.next_token()? != b'"' {
@@ -154,14 +157,18 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                         next = column + 1;
                         if in_tail.is_none() && column >= tail_from {
                             if let Some(end) = tail.matches(value, key_at) {
-                                for (c, v) in &tail.sets {
-                                    slots[*c] = Some(v.clone());
+                                reuse = tail.encoded.clone();
+                                if reuse.is_none() {
+                                    for (c, v) in &tail.sets {
+                                        slots[*c] = Some(v.clone());
+                                    }
                                 }
                                 r.set_pos(end);
                                 break;
                             }
                             in_tail = Some(key_at);
                             tail.sets.clear();
+                            tail.encoded = None;
                         }
                         if r.next_token()? != b':' {
                             return None;
@@ -179,7 +186,8 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                                 }
                             }
                             first => match r.literal_after(first)? {
-                                Json::Bool(b) => Scalar::Bool(b),
+                                Kind::True => Scalar::Bool(true),
+                                Kind::False => Scalar::Bool(false),
                                 _ => Scalar::Null,
                             },
                         };
@@ -199,7 +207,16 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                         }
                     }
                 }
-                encode_row(table, &slots, None, out).ok()?;
+                let split = Split {
+                    from: tail_from,
+                    reuse: reuse.as_ref(),
+                };
+                let suffix = encode_row(table, &slots, None, out, split).ok()?;
+                // The next rows may reuse this row's encoded tail if it sets only tail
+                // columns (then their values there are exactly this row's).
+                if in_tail.is_some() && tail.sets.iter().all(|(c, _)| *c >= tail_from) {
+                    tail.encoded = suffix;
+                }
                 match r.next_token()? {
                     b',' => {}
                     b']' => break,
@@ -232,17 +249,20 @@ fn tail_start(table: Table) -> usize {
     }
 }
 
-/// The previous row's tail: its text in the value and the columns it set, in order.
+/// The previous row's tail: its text in the value, the columns it set, in order, and its
+/// encoded columns from the table's tail on (when it set only those).
 #[derive(Default)]
 struct Tail<'a> {
     text: std::ops::Range<usize>,
     sets: Vec<(usize, Scalar<'a>)>,
+    encoded: Option<Suffix>,
 }
 
 impl Tail<'_> {
     fn clear(&mut self) {
         self.text = 0..0;
         self.sets.clear();
+        self.encoded = None;
     }
 
     /// Where the row ends if its text from `at` on repeats the previous row's tail (which
@@ -335,7 +355,7 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
                 return Ok(());
             };
             if self.state.mismatch.is_none()
-                && let Err(m) = encode_row(self.table, &slots, extra, self.state.out)
+                && let Err(m) = encode_row(self.table, &slots, extra, self.state.out, Split::NONE)
             {
                 self.state.mismatch = Some(m);
             }
@@ -382,16 +402,41 @@ impl<'de> Visitor<'de> for RowSeed<'_, 'de> {
 
 /// Checks one parsed row against its schema (same order and answers as `row_to_value`) and
 /// appends its datum.
+/// Where a row's datum is split: the columns from `from` on are either encoded from the slots
+/// (and their bytes answered, for later rows) or, with `reuse`, copied from an earlier row.
+#[derive(Clone, Copy)]
+struct Split<'s> {
+    from: usize,
+    reuse: Option<&'s Suffix>,
+}
+
+impl Split<'_> {
+    const NONE: Self = Split {
+        from: usize::MAX,
+        reuse: None,
+    };
+}
+
+/// The encoded columns of a row from its split on: their bytes in [`EncodedRows::bytes`], and
+/// the date column's value if it is among them.
+#[derive(Debug, Clone)]
+struct Suffix {
+    bytes: Range<usize>,
+    micros: Option<i64>,
+}
+
+/// Encodes one row; answers its encoded suffix (from `split.from`), if the row has one.
 fn encode_row(
     table: Table,
     slots: &[Option<Scalar<'_>>],
     extra: Option<String>,
     out: &mut EncodedRows,
-) -> Result<(), SchemaMismatch> {
+    split: Split<'_>,
+) -> Result<Option<Suffix>, SchemaMismatch> {
     let start = out.bytes.len();
-    let result = write_row(table, slots, extra, &mut out.bytes);
-    let day = match result {
-        Ok(day) => day,
+    let result = write_row(table, slots, extra, &mut out.bytes, split);
+    let (day, suffix) = match result {
+        Ok(done) => done,
         Err(m) => {
             out.bytes.truncate(start);
             return Err(m);
@@ -402,7 +447,7 @@ fn encode_row(
         day,
         range: start..out.bytes.len(),
     });
-    Ok(())
+    Ok(suffix)
 }
 
 fn write_row(
@@ -410,10 +455,20 @@ fn write_row(
     slots: &[Option<Scalar<'_>>],
     extra: Option<String>,
     buf: &mut Vec<u8>,
-) -> Result<i64, SchemaMismatch> {
+    split: Split<'_>,
+) -> Result<(i64, Option<Suffix>), SchemaMismatch> {
     let date_column = table.date_column();
     let mut micros = None;
-    for (col, slot) in table.columns().iter().zip(slots) {
+    let mut suffix = None;
+    for (i, (col, slot)) in table.columns().iter().zip(slots).enumerate() {
+        if i == split.from {
+            if let Some(reuse) = split.reuse {
+                buf.extend_from_within(reuse.bytes.clone());
+                micros = reuse.micros.or(micros);
+                break;
+            }
+            suffix = Some((buf.len(), micros));
+        }
         let mismatch = |problem| SchemaMismatch {
             table: table.name(),
             column: col.name.clone(),
@@ -481,7 +536,15 @@ fn write_row(
         column: date_column.to_owned(),
         problem: Problem::MissingRequired,
     })?;
-    Ok(micros.div_euclid(MICROS_PER_DAY))
+    let suffix = suffix.map(|(at, before)| Suffix {
+        bytes: at..buf.len(),
+        micros: if before == Some(micros) {
+            None
+        } else {
+            Some(micros)
+        },
+    });
+    Ok((micros.div_euclid(MICROS_PER_DAY), suffix))
 }
 
 /// Appends an Avro `long`: zig-zag, then variable-length base 128.
@@ -737,6 +800,26 @@ mod tests {
         for c in &cases {
             same(c.as_bytes());
         }
+        // Not UTF-8, in a value, a key, or a field row's shared tail: serde_json's error.
+        let field_row = format!("{{{field}}}");
+        for bad in [
+            format!(r#"{{"form":[{{{form},"type":"X"}}],"form_field":[]}}"#),
+            format!(r#"{{"form":[{{{form},"X":1}}],"form_field":[]}}"#),
+            format!(
+                r#"{{"form":[{{{form}}}],"form_field":[{field_row},{}]}}"#,
+                field_row.replace(r#""form_title":"t""#, r#""form_title":"X""#)
+            ),
+        ] {
+            let bytes: Vec<u8> = bad
+                .bytes()
+                .map(|b| if b == b'X' { 0xff } else { b })
+                .collect();
+            same(&bytes);
+            assert!(matches!(
+                encode_output(&bytes, &mut EncodedRows::default()),
+                Err(EncodeError::NotRows(_))
+            ));
+        }
         // A failing record leaves the buffer as it was.
         let mut enc = EncodedRows::default();
         encode_output(cases[0].as_bytes(), &mut enc).unwrap();
@@ -792,9 +875,10 @@ mod tests {
             format!(r#"{{"form":[{{{form},"title":"again","id":"b"}}],"form_field":[]}}"#),
             format!(r#"{{"form":[{{{form},"type":null}}],"form_field":[]}}"#),
             r#"{"form":[],"form_field":[]}"#.to_owned(),
-            // Field rows sharing a tail, or nearly: the tail text is reused only when equal.
+            // Field rows sharing a tail, or nearly: the tail text is reused only when equal,
+            // its encoded bytes only when it sets nothing but tail columns (not `i`'s `type`).
             format!(
-                r#"{{"form":[{{{form}}}],"form_field":[{{{field}}},{{"id":"g",{}}},{{"id":"h","type":"x","form_id":"a","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":-86400000001,"form_event_type":"y"}},{{"id":"i","form_id":"b","type":"t","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x"}},{{"id":"j","type":"t","form_id":"b","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x"}},{{"id":"k","type":"t","form_id":"b","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x" }}]}}"#,
+                r#"{{"form":[{{{form}}}],"form_field":[{{{field}}},{{"id":"g",{}}},{{"id":"h","type":"x","form_id":"a","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":-86400000001,"form_event_type":"y"}},{{"id":"i","form_id":"b","type":"t","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x"}},{{"id":"i2","form_id":"b","type":"t","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x"}},{{"id":"j","type":"t","form_id":"b","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x"}},{{"id":"k","type":"t","form_id":"b","form_title":"t","form_retrieved_timestamp":5,"form_event_happened_at":7,"form_event_type":"x" }}]}}"#,
                 &field[9..]
             ),
         ];

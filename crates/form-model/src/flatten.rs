@@ -6,14 +6,12 @@
 //! kept; timestamps are integers (microseconds since the Unix epoch, UTC). An absent column
 //! means null.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::RecordError;
 use crate::event::{DELETED_EVENT_TYPE, FieldView, timestamp_field, validate_event_with};
-use crate::json::{Json, get};
+use crate::json::{At, Kind, Tape};
 
 /// One row: column name → value (insertion-ordered).
 pub type Row = Map<String, Value>;
@@ -63,8 +61,8 @@ pub fn flatten(input: &[u8]) -> Result<Flattened, RecordError> {
 }
 
 /// Flattens one `form.enriched` value, appending the output JSON to `out` (nothing is
-/// appended on error). This is the hot path: the input is parsed once into a tree that
-/// borrows its strings from the input (`json.rs`) and walked by reference; the form's
+/// appended on error). This is the hot path: the input is parsed once into a flat tape
+/// that borrows its strings from the input (`json.rs`) and walked by index; the form's
 /// columns are serialized once and copied into each field row.
 pub fn flatten_to_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     let start = out.len();
@@ -76,51 +74,71 @@ pub fn flatten_to_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordErro
 }
 
 fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-    let top = Json::parse(input).map_err(|e| RecordError::InvalidJson {
-        detail: e.to_string(),
-    })?;
-    let Json::Object(top) = &top else {
+    // The tape reads almost every input. What it leaves to serde_json (invalid JSON, for
+    // serde_json's error; a repeated key; deep nesting) is parsed by serde_json and read
+    // back from the compact text serde_json writes for it, which the tape always reads.
+    let written;
+    let tape = match Tape::parse(input) {
+        Some(tape) => tape,
+        None => {
+            let value: serde_json::Value =
+                serde_json::from_slice(input).map_err(|e| RecordError::InvalidJson {
+                    detail: e.to_string(),
+                })?;
+            written = serde_json::to_vec(&value).unwrap_or_default();
+            Tape::parse_written(&written).ok_or_else(|| RecordError::InvalidJson {
+                detail: "internal: serde_json's own text does not parse again".to_owned(),
+            })?
+        }
+    };
+    let top = 0;
+    if tape.kind(top) != Kind::Object {
         return Err(RecordError::WrongType {
             field: "(record)".to_owned(),
             expected: "an object",
-            found: top.type_name(),
+            found: tape.type_name(top),
         });
-    };
-    let event = match get(top, "event") {
-        Some(Json::Object(event)) => event,
-        None | Some(Json::Null) => {
-            return Err(RecordError::MissingField {
-                field: "event".to_owned(),
-            });
-        }
-        Some(other) => {
+    }
+    let event = match tape.get(top, "event") {
+        Some(event) if tape.kind(event) == Kind::Object => event,
+        Some(null) if tape.kind(null) != Kind::Null => {
             return Err(RecordError::WrongType {
                 field: "event".to_owned(),
                 expected: "an object",
-                found: other.type_name(),
+                found: tape.type_name(null),
+            });
+        }
+        _ => {
+            return Err(RecordError::MissingField {
+                field: "event".to_owned(),
             });
         }
     };
     let ev = validate_event_with(
-        |name| match get(event, name) {
-            None | Some(Json::Null) => FieldView::Absent,
-            Some(Json::Str(s)) => FieldView::Str(s),
-            Some(other) => FieldView::Other(other.type_name()),
+        |name| match tape.get(event, name) {
+            None => FieldView::Absent,
+            Some(v) => match tape.kind(v) {
+                Kind::Null => FieldView::Absent,
+                Kind::Str | Kind::Esc => FieldView::Str(tape.str(v)),
+                _ => FieldView::Other(tape.type_name(v)),
+            },
         },
         "event.",
     )?;
-    let retrieved = match get(top, "retrieved_timestamp") {
-        Some(Json::Str(s)) => timestamp_field(s, "retrieved_timestamp")?,
-        None | Some(Json::Null) => {
-            return Err(RecordError::MissingField {
-                field: "retrieved_timestamp".to_owned(),
-            });
+    let retrieved = match tape.get(top, "retrieved_timestamp") {
+        Some(v) if matches!(tape.kind(v), Kind::Str | Kind::Esc) => {
+            timestamp_field(tape.str(v), "retrieved_timestamp")?
         }
-        Some(other) => {
+        Some(v) if tape.kind(v) != Kind::Null => {
             return Err(RecordError::WrongType {
                 field: "retrieved_timestamp".to_owned(),
                 expected: "a string",
-                found: other.type_name(),
+                found: tape.type_name(v),
+            });
+        }
+        _ => {
+            return Err(RecordError::MissingField {
+                field: "retrieved_timestamp".to_owned(),
             });
         }
     };
@@ -134,24 +152,33 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     event_cols.extend_from_slice(b",\"event_type\":");
     write_str(&mut event_cols, ev.event_type);
 
-    match get(top, "form") {
-        Some(Json::Object(form)) => {
-            let fields = match get(form, "fields") {
-                None | Some(Json::Null) => &[][..],
-                Some(Json::Array(fields)) => fields.as_slice(),
-                Some(other) => {
+    let Some(form) = tape.get(top, "form") else {
+        return Err(RecordError::MissingField {
+            field: "form".to_owned(),
+        });
+    };
+    match tape.kind(form) {
+        Kind::Object => {
+            let fields = match tape.get(form, "fields") {
+                Some(fields) if tape.kind(fields) == Kind::Array => Some(fields),
+                Some(other) if tape.kind(other) != Kind::Null => {
                     return Err(RecordError::WrongType {
                         field: "form.fields".to_owned(),
                         expected: "an array",
-                        found: other.type_name(),
+                        found: tape.type_name(other),
                     });
                 }
+                _ => None,
             };
-            if let Some(i) = fields.iter().position(|f| !matches!(f, Json::Object(_))) {
+            let fields = || fields.into_iter().flat_map(|f| tape.items(f));
+            if let Some((i, field)) = fields()
+                .enumerate()
+                .find(|&(_, f)| tape.kind(f) != Kind::Object)
+            {
                 return Err(RecordError::WrongType {
                     field: format!("form.fields[{i}]"),
                     expected: "an object",
-                    found: fields[i].type_name(),
+                    found: tape.type_name(field),
                 });
             }
 
@@ -159,20 +186,22 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             let mut first = true;
             let mut path = Vec::new();
             let mut scratch = Vec::new();
-            write_columns(out, &mut path, &mut scratch, form, true, &mut first);
+            let columns = Columns { tape: &tape };
+            columns.write(out, &mut path, &mut scratch, form, true, &mut first);
             if !first {
                 out.push(b',');
             }
             out.extend_from_slice(&event_cols);
             out.extend_from_slice(b"}],\"form_field\":[");
 
-            if !fields.is_empty() {
+            let mut fields = fields().peekable();
+            if fields.peek().is_some() {
                 // The form's columns, prefixed `form_`, once for all field rows.
                 let mut form_cols = Vec::with_capacity(out.len());
                 let mut first = true;
                 path.clear();
                 path.extend_from_slice(b"form_");
-                write_columns(
+                columns.write(
                     &mut form_cols,
                     &mut path,
                     &mut scratch,
@@ -185,17 +214,15 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
                 }
                 write_prefixed_event_cols(&mut form_cols, retrieved, &ev);
 
-                out.reserve(fields.len() * (form_cols.len() + 512));
-                for (i, field) in fields.iter().enumerate() {
+                for (i, field) in fields.enumerate() {
+                    out.reserve(form_cols.len() + 512);
                     if i > 0 {
                         out.push(b',');
                     }
                     out.push(b'{');
                     let mut first = true;
                     path.clear();
-                    if let Json::Object(field) = field {
-                        write_columns(out, &mut path, &mut scratch, field, false, &mut first);
-                    }
+                    columns.write(out, &mut path, &mut scratch, field, false, &mut first);
                     if !first {
                         out.push(b',');
                     }
@@ -205,7 +232,7 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             }
             out.extend_from_slice(b"]}");
         }
-        Some(Json::Null) => {
+        Kind::Null => {
             if ev.event_type != DELETED_EVENT_TYPE {
                 return Err(RecordError::FormNotFound {
                     form_id: ev.form_id.to_owned(),
@@ -226,16 +253,11 @@ fn flatten_inner(input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             out.extend_from_slice(&event_cols);
             out.extend_from_slice(b"}],\"form_field\":[]}");
         }
-        None => {
-            return Err(RecordError::MissingField {
-                field: "form".to_owned(),
-            });
-        }
-        Some(other) => {
+        _ => {
             return Err(RecordError::WrongType {
                 field: "form".to_owned(),
                 expected: "an object or null",
-                found: other.type_name(),
+                found: tape.type_name(form),
             });
         }
     }
@@ -255,90 +277,100 @@ fn write_prefixed_event_cols(
     write_str(out, ev.event_type);
 }
 
-/// Writes `"path+key":value` pairs for every scalar (or array) under `object`, recursing into
-/// nested objects with `key_` appended to `path` (already JSON-escaped bytes). `scratch`
-/// is a reusable buffer for the JSON text of arrays.
-fn write_columns(
-    out: &mut Vec<u8>,
-    path: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
-    object: &[(Cow<'_, str>, Json<'_>)],
-    skip_fields: bool,
-    first: &mut bool,
-) {
-    for (key, value) in object {
-        if skip_fields && key == "fields" {
-            continue;
-        }
-        if let Json::Object(inner) = value {
-            let len = path.len();
-            write_text(path, key);
-            path.push(b'_');
-            write_columns(out, path, scratch, inner, false, first);
-            path.truncate(len);
-            continue;
-        }
-        if !*first {
-            out.push(b',');
-        }
-        *first = false;
-        out.push(b'"');
-        put(out, path);
-        write_text(out, key);
-        out.extend_from_slice(b"\":");
-        match value {
-            Json::Array(_) => {
+/// Writes columns from a tape.
+struct Columns<'t, 'a> {
+    tape: &'t Tape<'a>,
+}
+
+impl Columns<'_, '_> {
+    /// Writes `"path+key":value` pairs for every scalar (or array) under `object`, recursing
+    /// into nested objects with `key_` appended to `path` (already JSON-escaped bytes).
+    /// `scratch` is a reusable buffer for the JSON text of arrays.
+    fn write(
+        &self,
+        out: &mut Vec<u8>,
+        path: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        object: At,
+        skip_fields: bool,
+        first: &mut bool,
+    ) {
+        let tape = self.tape;
+        for (key, value) in tape.entries(object) {
+            if skip_fields && tape.str(key) == "fields" {
+                continue;
+            }
+            let kind = tape.kind(value);
+            if kind == Kind::Object {
+                let len = path.len();
+                write_text(path, tape, key);
+                path.push(b'_');
+                self.write(out, path, scratch, value, false, first);
+                path.truncate(len);
+                continue;
+            }
+            if !*first {
+                out.push(b',');
+            }
+            *first = false;
+            out.push(b'"');
+            put(out, path);
+            write_text(out, tape, key);
+            out.extend_from_slice(b"\":");
+            if kind == Kind::Array {
                 // Compact JSON text of the array, as a string column.
                 scratch.clear();
-                write_json(scratch, value);
+                write_json(scratch, tape, value);
                 // Our own JSON text: valid UTF-8 (strings came from a `str`).
                 write_str(out, std::str::from_utf8(scratch).unwrap_or_default());
+            } else {
+                write_json(out, tape, value);
             }
-            scalar => write_json(out, scalar),
         }
     }
 }
 
-/// Compact JSON text of a value, as `serde_json::to_writer` writes the same
+/// Compact JSON text of the value at `at`, as `serde_json::to_writer` writes the same
 /// `serde_json::Value` (same escaping, same number text).
-fn write_json(out: &mut Vec<u8>, value: &Json<'_>) {
-    match value {
-        Json::Null => out.extend_from_slice(b"null"),
-        Json::Bool(true) => out.extend_from_slice(b"true"),
-        Json::Bool(false) => out.extend_from_slice(b"false"),
-        // Numbers keep serde_json's text (integers exact, floats shortest round-trip).
-        Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                write_i64(out, i);
-            } else {
-                let _ = serde_json::to_writer(&mut *out, n);
+pub(crate) fn write_json(out: &mut Vec<u8>, tape: &Tape<'_>, at: At) {
+    match tape.kind(at) {
+        Kind::Null => out.extend_from_slice(b"null"),
+        Kind::True => out.extend_from_slice(b"true"),
+        Kind::False => out.extend_from_slice(b"false"),
+        // An integer's input text is the text serde_json writes for it.
+        Kind::Int => put(out, tape.str(at).as_bytes()),
+        // Floats and integers past i64 keep serde_json's text (shortest round-trip float).
+        Kind::Num => {
+            // The tape read it as a number serde_json reads.
+            if let Ok(n) = serde_json::from_str::<serde_json::Number>(tape.str(at)) {
+                let _ = serde_json::to_writer(&mut *out, &n);
             }
         }
-        Json::Str(s) => {
+        Kind::Str | Kind::Esc => {
             out.push(b'"');
-            write_text(out, s);
+            write_text(out, tape, at);
             out.push(b'"');
         }
-        Json::Array(items) => {
+        Kind::Array => {
             out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in tape.items(at).enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_json(out, item);
+                write_json(out, tape, item);
             }
             out.push(b']');
         }
-        Json::Object(object) => {
+        Kind::Object => {
             out.push(b'{');
-            for (i, (key, item)) in object.iter().enumerate() {
+            for (i, (key, item)) in tape.entries(at).enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
                 out.push(b'"');
-                write_text(out, key);
+                write_text(out, tape, key);
                 out.extend_from_slice(b"\":");
-                write_json(out, item);
+                write_json(out, tape, item);
             }
             out.push(b'}');
         }
@@ -403,13 +435,12 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// A parsed string's JSON text without the quotes: one borrowed from the input had no
-/// escapes there, so it needs none (see `Json::Str`) and is copied as it is.
-#[allow(clippy::ptr_arg, reason = "borrowed or owned is what it reads")]
-fn write_text(out: &mut Vec<u8>, s: &Cow<'_, str>) {
-    match s {
-        Cow::Borrowed(s) => put(out, s.as_bytes()),
-        Cow::Owned(s) => write_escaped(out, s),
+/// A string's JSON text without the quotes: one that had no escapes in the input needs
+/// none (see [`Kind::Str`]) and is copied as it is.
+fn write_text(out: &mut Vec<u8>, tape: &Tape<'_>, at: At) {
+    match tape.kind(at) {
+        Kind::Str => put(out, tape.str(at).as_bytes()),
+        _ => write_escaped(out, tape.str(at)),
     }
 }
 
