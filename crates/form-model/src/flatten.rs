@@ -296,10 +296,26 @@ impl Columns<'_, '_> {
         first: &mut bool,
     ) {
         let tape = self.tape;
+        // Pairs whose input text is their output text (`Tape::verbatim`) are copied as they
+        // are; with no path, consecutive ones (one comma apart) as one run.
+        let mut run: Option<(usize, usize)> = None;
         for (key, value) in tape.entries(object) {
             if skip_fields && tape.str(key) == "fields" {
                 continue;
             }
+            if let Some((start, end)) = tape.verbatim(key, value) {
+                match &mut run {
+                    Some((_, run_end)) if path.is_empty() && start == *run_end + 2 => {
+                        *run_end = end;
+                    }
+                    _ => {
+                        self.write_run(out, path, run.take(), first);
+                        run = Some((start, end));
+                    }
+                }
+                continue;
+            }
+            self.write_run(out, path, run.take(), first);
             let kind = tape.kind(value);
             if kind == Kind::Object {
                 let len = path.len();
@@ -326,6 +342,27 @@ impl Columns<'_, '_> {
             } else {
                 write_json(out, tape, value);
             }
+        }
+        self.write_run(out, path, run, first);
+    }
+
+    /// Writes a run of verbatim pairs: `"`, the path, then the input text from after the
+    /// first key's opening quote to the last value's end.
+    fn write_run(
+        &self,
+        out: &mut Vec<u8>,
+        path: &[u8],
+        run: Option<(usize, usize)>,
+        first: &mut bool,
+    ) {
+        if let Some((start, end)) = run {
+            if !*first {
+                out.push(b',');
+            }
+            *first = false;
+            out.push(b'"');
+            put(out, path);
+            put(out, self.tape.input(start, end));
         }
     }
 }
@@ -508,6 +545,42 @@ mod tests {
             write_i64(&mut out, v);
             assert_eq!(out, v.to_string().into_bytes());
         }
+    }
+
+    #[test]
+    fn verbatim_runs_write_what_the_column_by_column_path_writes() {
+        // Compact input takes the verbatim runs (`Tape::verbatim`); the same value
+        // pretty-printed (whitespace between all tokens) takes the column-by-column path.
+        let mut inputs = vec![crate::seed_enriched(1_664_715_615_123_456)];
+        inputs.extend(crate::golden::load_cases().into_iter().map(|c| c.input));
+        inputs.push(
+            r#"{"event":{"form_id":"a","form_title":"t","event_happened_at":"2024-05-01 10:00:00","event_type":"created"},"retrieved_timestamp":"2024-05-01T10:00:00Z","form":{"id":"a","t\u0069tle":"x\"y","u":"\u0041\/","n":-0,"f":1.50,"big":18446744073709551615,"nul":null,"ok":true,"s":{"a":"b","c":[1,{"d":"\u00e9"}],"e":false},"fields":[{"id":"q","type":"t","v":{"r":true,"m":10}},{"id":"r","title":"é ✓","type":"t"}]}}"#.as_bytes().to_vec(),
+        );
+        let mut rows = 0;
+        for input in inputs {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&input) else {
+                continue;
+            };
+            // As given (escapes as written), compact, pretty.
+            let texts = [
+                input.clone(),
+                serde_json::to_vec(&value).unwrap(),
+                serde_json::to_vec_pretty(&value).unwrap(),
+            ];
+            let outputs: Vec<_> = texts
+                .iter()
+                .map(|text| {
+                    let mut out = Vec::new();
+                    let result = flatten_to_json(text, &mut out).map_err(|e| e.to_string());
+                    (result, String::from_utf8(out).unwrap())
+                })
+                .collect();
+            for other in &outputs[1..] {
+                assert_eq!(&outputs[0], other, "{}", String::from_utf8_lossy(&input));
+            }
+            rows += usize::from(outputs[0].0.is_ok());
+        }
+        assert!(rows >= 8, "only {rows} inputs flattened");
     }
 
     #[test]

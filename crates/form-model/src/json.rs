@@ -47,6 +47,9 @@ struct Entry<'a> {
     owned: u32,
     /// The index of the entry after this value (and everything inside it).
     next: u32,
+    /// A scalar's input text, quotes included: `input[start..end]`.
+    start: u32,
+    end: u32,
     /// `Int`, `Num`, `Str`: the input text (without quotes).
     text: &'a str,
 }
@@ -57,6 +60,7 @@ pub(crate) type At = usize;
 /// A parsed input: [`At`] `0` is the top value.
 #[derive(Debug)]
 pub(crate) struct Tape<'a> {
+    input: &'a [u8],
     entries: Vec<Entry<'a>>,
     /// The decoded strings that had escapes.
     owned: Vec<String>,
@@ -83,7 +87,10 @@ impl<'a> Tape<'a> {
         // by string): strings are then slices of `text`.
         let text = std::str::from_utf8(input).ok()?;
         let s = input;
+        // Offsets are kept as u32.
+        u32::try_from(s.len()).ok()?;
         let mut tape = Tape {
+            input,
             entries: Vec::with_capacity(s.len() / 8 + 1),
             owned: Vec::new(),
         };
@@ -102,7 +109,8 @@ impl<'a> Tape<'a> {
                         return None;
                     }
                     let object = s[i] == b'{';
-                    let at = tape.push(if object { Kind::Object } else { Kind::Array }, "");
+                    let kind = if object { Kind::Object } else { Kind::Array };
+                    let at = tape.push(kind, "", 0, 0);
                     i = skip_ws(s, i + 1);
                     if s.get(i) == Some(if object { &b'}' } else { &b']' }) {
                         i += 1;
@@ -119,7 +127,7 @@ impl<'a> Tape<'a> {
                 first => {
                     let mut r = Reader::at(s, i + 1);
                     let kind = r.literal_after(first)?;
-                    tape.push(kind, "");
+                    tape.push(kind, "", i, r.pos());
                     i = r.pos();
                 }
             }
@@ -150,12 +158,16 @@ impl<'a> Tape<'a> {
         }
     }
 
-    fn push(&mut self, kind: Kind, text: &'a str) -> At {
+    /// Appends an entry: `start..end` is a scalar's input text (offsets fit a u32: checked
+    /// once for the input, and there are fewer entries than bytes).
+    fn push(&mut self, kind: Kind, text: &'a str, start: usize, end: usize) -> At {
         let at = self.entries.len();
         self.entries.push(Entry {
             kind,
             owned: 0,
-            next: u32::try_from(at + 1).unwrap_or(u32::MAX),
+            next: (at + 1) as u32,
+            start: start as u32,
+            end: end as u32,
             text,
         });
         at
@@ -173,17 +185,17 @@ impl<'a> Tape<'a> {
         let end = plain_end(s, i);
         if s.get(end) == Some(&b'"') {
             // `"` is ASCII, so both ends are char boundaries.
-            self.push(Kind::Str, text.get(i..end)?);
+            self.push(Kind::Str, text.get(i..end)?, i - 1, end + 1);
             return Some(end + 1);
         }
         // Escapes (or an error): decoded by the reader.
         let mut r = Reader::at(s, i);
         match r.string()? {
             Cow::Borrowed(plain) => {
-                self.push(Kind::Str, plain);
+                self.push(Kind::Str, plain, i - 1, r.pos());
             }
             Cow::Owned(decoded) => {
-                let at = self.push(Kind::Esc, "");
+                let at = self.push(Kind::Esc, "", i - 1, r.pos());
                 self.entries[at].owned = u32::try_from(self.owned.len()).ok()?;
                 self.owned.push(decoded);
             }
@@ -232,7 +244,7 @@ impl<'a> Tape<'a> {
             && (s[i + digits] != b'0' || (n == 1 && digits == 0))
             && !matches!(s.get(end), Some(b'.' | b'e' | b'E'))
         {
-            self.push(Kind::Int, text.get(i..end)?);
+            self.push(Kind::Int, text.get(i..end)?, i, end);
             return Some(end);
         }
         let mut r = Reader::at(s, i + 1);
@@ -241,7 +253,7 @@ impl<'a> Tape<'a> {
         } else {
             Kind::Num
         };
-        self.push(kind, text.get(i..r.pos())?);
+        self.push(kind, text.get(i..r.pos())?, i, r.pos());
         Some(r.pos())
     }
 
@@ -257,6 +269,26 @@ impl<'a> Tape<'a> {
             Kind::Esc => &self.owned[e.owned as usize],
             _ => e.text,
         }
+    }
+
+    /// The input text of an object's pair from after the key's opening quote to the value's
+    /// end (`name":value`), when it is exactly the text serde_json writes for the pair: a
+    /// key and a value without escapes (a string, an integer, a literal), nothing but the
+    /// colon between them. Answered as the range of the input.
+    pub(crate) fn verbatim(&self, key: At, value: At) -> Option<(usize, usize)> {
+        let (k, v) = (&self.entries[key], &self.entries[value]);
+        (k.kind == Kind::Str
+            && matches!(
+                v.kind,
+                Kind::Str | Kind::Int | Kind::True | Kind::False | Kind::Null
+            )
+            && v.start == k.end + 1)
+            .then_some((k.start as usize + 1, v.end as usize))
+    }
+
+    /// Input bytes, by a range [`Tape::verbatim`] answered.
+    pub(crate) fn input(&self, start: usize, end: usize) -> &[u8] {
+        &self.input[start..end]
     }
 
     /// The (key, value) pairs of the object at `object`, in order.
