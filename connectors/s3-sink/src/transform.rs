@@ -50,10 +50,10 @@ pub(crate) trait Transform: Send {
 
     /// Transforms and encodes `inputs` and hands the results, in input order, to `accept`
     /// (on the calling thread) as `(index of the first, results)`; stops when `accept` answers
-    /// `Ok(false)` or an error, and returns that. The default prepares the whole batch on the
-    /// calling thread; [`ParallelChain`] shares it with a second thread and hands over each
-    /// chunk as soon as it and those before it are ready, so the pipeline thread files the
-    /// first rows while the other thread still transforms.
+    /// `Ok(false)` or an error, and returns that. The default prepares the batch chunk by
+    /// chunk on the calling thread; [`ParallelChain`] shares it with a second thread and
+    /// hands over each chunk as soon as it and those before it are ready, so the pipeline
+    /// thread files the first rows while the other thread still transforms.
     ///
     /// Never swaps modules: the caller does, between batches, with [`Transform::apply_pending`].
     fn prepare_each(
@@ -61,8 +61,7 @@ pub(crate) trait Transform: Send {
         inputs: &[Input<'_>],
         accept: &mut Accept<'_>,
     ) -> anyhow::Result<bool> {
-        let prepared = prepare_with(self, inputs);
-        accept(0, prepared)
+        prepare_in_chunks(self, inputs, accept)
     }
 
     /// `(uses, sha256)` of every module currently in the chain (recorded in each file).
@@ -134,6 +133,21 @@ fn prepare_with<T: Transform + ?Sized>(t: &mut T, inputs: &[Input<'_>]) -> Vec<P
             }
         })
         .collect()
+}
+
+/// [`Transform::prepare_each`] on the calling thread: `CHUNK_RECORDS` records per call (the
+/// engine's buffers per call stay small), each chunk handed to `accept` before the next.
+fn prepare_in_chunks<T: Transform + ?Sized>(
+    t: &mut T,
+    inputs: &[Input<'_>],
+    accept: &mut Accept<'_>,
+) -> anyhow::Result<bool> {
+    for (i, chunk) in inputs.chunks(CHUNK_RECORDS).enumerate() {
+        if !accept(i * CHUNK_RECORDS, prepare_with(t, chunk))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The rows of one record's transform outputs, encoded and checked: all of them or a dead
@@ -265,13 +279,7 @@ impl Transform for ParallelChain {
         accept: &mut Accept<'_>,
     ) -> anyhow::Result<bool> {
         if inputs.len() < PARALLEL_MIN_RECORDS || !self.helper_ready() {
-            // One thread: still chunk by chunk (the engine's buffers per call stay small).
-            for (i, chunk) in inputs.chunks(CHUNK_RECORDS).enumerate() {
-                if !accept(i * CHUNK_RECORDS, prepare_with(&mut self.main, chunk))? {
-                    return Ok(false);
-                }
-            }
-            return Ok(true);
+            return prepare_in_chunks(&mut self.main, inputs, accept);
         }
         let chunks: Vec<&[Input<'_>]> = inputs.chunks(CHUNK_RECORDS).collect();
         let n = chunks.len();
@@ -485,5 +493,49 @@ pub(crate) mod tests {
             .unwrap()
         );
         assert_eq!(handed, inputs.len());
+    }
+
+    #[test]
+    fn a_small_batch_runs_on_one_thread_chunk_by_chunk_and_stops_where_asked() {
+        // Under PARALLEL_MIN_RECORDS: the pipeline thread alone, 32 records per chunk.
+        let values = records();
+        let inputs = inputs(&values[..PARALLEL_MIN_RECORDS - 1]);
+        let mut one = load_chain(&[flatten_step()], false).expect("form-flatten is built");
+        let expected: Vec<_> = prepare_with(&mut one, &inputs)
+            .iter()
+            .map(summary)
+            .collect();
+        let mut two = ParallelChain::load(&[flatten_step()]).unwrap();
+        let mut got = Vec::new();
+        let mut firsts = Vec::new();
+        assert!(
+            two.prepare_each(&inputs, &mut |first, prepared| {
+                firsts.push((first, prepared.len()));
+                got.extend(prepared.iter().map(summary));
+                Ok(true)
+            })
+            .unwrap()
+        );
+        let chunks: Vec<_> = (0..inputs.len())
+            .step_by(CHUNK_RECORDS)
+            .map(|first| (first, CHUNK_RECORDS.min(inputs.len() - first)))
+            .collect();
+        assert!(chunks.len() >= 2);
+        assert_eq!(firsts, chunks);
+        assert_eq!(got, expected);
+        // A stop after the first chunk: the second is not prepared.
+        let mut calls = 0;
+        assert!(
+            !two.prepare_each(&inputs, &mut |_, _| {
+                calls += 1;
+                Ok(false)
+            })
+            .unwrap()
+        );
+        assert_eq!(calls, 1);
+        let e = two
+            .prepare_each(&inputs, &mut |_, _| anyhow::bail!("full disk"))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "full disk");
     }
 }
