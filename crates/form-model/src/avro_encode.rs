@@ -104,7 +104,7 @@ fn encode_serde(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeError> 
 /// `None` for anything else (a syntax error, a key or value the schema refuses, an input the
 /// reader leaves to serde_json), with `out` then partly written.
 fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
-    let mut r = Reader::new(value);
+    let mut r = Reader::new(value)?;
     if r.next_token()? != b'{' {
         return None;
     }
