@@ -149,10 +149,11 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                         if r.next_token()? != b'"' {
                             return None;
                         }
-                        let key = r.string()?;
+                        // The expected name is compared where it stands, without reading
+                        // the key (column names are plain: `[A-Za-z0-9_]`).
                         let column = match schema_columns.get(next) {
-                            Some(c) if c.name == key => next,
-                            _ => table.column_index(&key)?,
+                            Some(c) if r.eat_plain_string(&c.name) => next,
+                            _ => table.column_index(&r.string()?)?,
                         };
                         next = column + 1;
                         if in_tail.is_none() && column >= tail_from {
@@ -768,6 +769,8 @@ mod tests {
         let cases = [
             format!(r#"{{"form":[{{{form}}}],"form_field":[{{{field}}}]}}"#),
             format!(r#"{{"form":[{{{form},"colour":"red"}}],"form_field":[]}}"#),
+            // A name that starts with the expected next column's.
+            format!(r#"{{"form":[{{"idx":"a",{form}}}],"form_field":[]}}"#),
             format!(r#"{{"form":[{{{form},"type":7}}],"form_field":[]}}"#),
             format!(r#"{{"form":[{{{form},"type":""}}],"form_field":[]}}"#),
             format!(r#"{{"form":[{{{form},"type":null}}],"form_field":[]}}"#),
@@ -874,6 +877,16 @@ mod tests {
             format!(r#" {{ "form_field" : [ {{{field}}} ] , "form" : [ {{{form}}} ] }} "#),
             format!(r#"{{"form":[{{{form},"title":"again","id":"b"}}],"form_field":[]}}"#),
             format!(r#"{{"form":[{{{form},"type":null}}],"form_field":[]}}"#),
+            // Names spelled with escapes.
+            format!(
+                r#"{{"form":[{{{}}}],"form_field":[]}}"#,
+                form.replace(r#""id""#, r#""\u0069d""#)
+            ),
+            format!(
+                r#"{{"form":[{{{}}}],"form_field":[{{{}}}]}}"#,
+                form.replace(r#""title""#, r#""titl\u0065""#),
+                field.replace(r#""type""#, r#""typ\u0065""#)
+            ),
             r#"{"form":[],"form_field":[]}"#.to_owned(),
             // Field rows sharing a tail, or nearly: the tail text is reused only when equal,
             // its encoded bytes only when it sets nothing but tail columns (not `i`'s `type`).

@@ -438,6 +438,23 @@ impl<'a> Reader<'a> {
         found
     }
 
+    /// Consumes the rest of a string (after its opening quote) if it is exactly `plain`, a
+    /// text with nothing JSON escapes (`"`, `\\`, control characters): then the string's
+    /// value is `plain`, whatever else could have spelled it.
+    #[cfg_attr(
+        not(feature = "avro"),
+        allow(dead_code, reason = "used by avro_encode")
+    )]
+    pub(crate) fn eat_plain_string(&mut self, plain: &str) -> bool {
+        let end = self.i + plain.len();
+        let found =
+            self.s.get(self.i..end) == Some(plain.as_bytes()) && self.s.get(end) == Some(&b'"');
+        if found {
+            self.i = end + 1;
+        }
+        found
+    }
+
     /// `true`, `false` or `null`, after its first letter.
     pub(crate) fn literal_after(&mut self, first: u8) -> Option<Kind> {
         match first {
