@@ -32,7 +32,7 @@ pub(crate) enum Kind {
     /// A string that had no escapes in the input: its text, a slice of the input (it needs
     /// no escaping when written back: `"`, `\\` and control characters are always escaped).
     Str,
-    /// A string that had escapes: decoded, in [`Tape::owned`].
+    /// A string that had escapes: decoded, kept in the tape's `owned` strings.
     Esc,
     /// An array: its items follow.
     Array,
