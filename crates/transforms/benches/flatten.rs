@@ -13,9 +13,7 @@ use form_transforms::{ChainOptions, Input, TransformChain, TransformStep};
 const BATCH: u64 = 1000;
 
 fn records() -> (Vec<Vec<u8>>, u64) {
-    let values: Vec<Vec<u8>> = (0..BATCH)
-        .map(|n| common::enriched(n, (n % 9 + 1) as usize))
-        .collect();
+    let values = common::mixed_records(BATCH);
     // One form row per record plus one form_field row per field.
     let rows = (0..BATCH).map(|n| 1 + n % 9 + 1).sum();
     (values, rows)

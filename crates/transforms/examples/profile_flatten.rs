@@ -38,9 +38,7 @@ fn main() {
     let identity = args.first().filter(|a| !a.is_empty()).cloned();
     let reps: usize = args.get(1).map_or(15, |a| a.parse().expect("REPS"));
     let batch: usize = args.get(2).map_or(1000, |a| a.parse().expect("BATCH"));
-    let values: Vec<Vec<u8>> = (0..RECORDS)
-        .map(|n| common::enriched(n, (n % 9 + 1) as usize))
-        .collect();
+    let values = common::mixed_records(RECORDS);
     let rows: u64 = (0..RECORDS).map(|n| 1 + n % 9 + 1).sum();
     let in_bytes: usize = values.iter().map(Vec::len).sum();
     let mut out = Vec::with_capacity(1 << 20);

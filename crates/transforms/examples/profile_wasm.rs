@@ -21,15 +21,12 @@ const VERSION: i16 = 22;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let wasm = args
-        .first()
-        .filter(|a| !a.is_empty())
-        .cloned()
-        .unwrap_or_else(|| common::flatten_wasm().to_string_lossy().into_owned());
+    let wasm = common::wasm_arg(&args);
     let reps: usize = args.get(1).map_or(200, |a| a.parse().expect("REPS"));
 
-    let records: Vec<Record> = (0..1000u64)
-        .map(|n| Record::new(common::enriched(n, (n % 9 + 1) as usize)))
+    let records: Vec<Record> = common::mixed_records(1000)
+        .into_iter()
+        .map(Record::new)
         .collect();
     let mut input = SmartModuleInput::try_from_records(records, VERSION)?;
     input.set_base_offset(0);

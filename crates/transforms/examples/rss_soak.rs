@@ -40,9 +40,7 @@ fn main() {
     )
     .unwrap();
     // 64 distinct records, 1..9 fields (about 5 on average), reused.
-    let values: Vec<Vec<u8>> = (0..64)
-        .map(|n| common::enriched(n, (n % 9 + 1) as usize))
-        .collect();
+    let values = common::mixed_records(64);
     println!("records,rss_kb,rebuilds,elapsed_s");
     println!("0,{},0,0", rss_kb());
     let start = Instant::now();

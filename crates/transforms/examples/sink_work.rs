@@ -26,16 +26,10 @@ const CHUNK: usize = 32;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let wasm = args
-        .first()
-        .filter(|a| !a.is_empty())
-        .cloned()
-        .unwrap_or_else(|| common::flatten_wasm().to_string_lossy().into_owned());
+    let wasm = common::wasm_arg(&args);
     let passes: usize = args.get(1).map_or(1, |a| a.parse().expect("PASSES"));
 
-    let values: Vec<Vec<u8>> = (0..1000u64)
-        .map(|n| common::enriched(n, (n % 9 + 1) as usize))
-        .collect();
+    let values = common::mixed_records(1000);
     let inputs = Input::numbered(&values, 0);
     let mut chain = TransformChain::new(&[TransformStep::new(&wasm)], ChainOptions::default())
         .with_context(|| format!("loading {wasm}"))?;

@@ -31,6 +31,22 @@ pub fn build_variant(feature: &str, dest: &Path) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The module an example runs: its first argument when given and not empty, else the built
+/// `form_flatten.wasm`.
+pub fn wasm_arg(args: &[String]) -> String {
+    args.first()
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .unwrap_or_else(|| flatten_wasm().to_string_lossy().into_owned())
+}
+
+/// `count` enriched records with 1–9 fields (`n % 9 + 1`, about 5 on average): the bench's mix.
+pub fn mixed_records(count: u64) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|n| enriched(n, (n % 9 + 1) as usize))
+        .collect()
+}
+
 /// A valid enriched record for form `f-{n}` titled `Title {n} é` with `fields` fields
 /// (kinds cycling through the generator's).
 pub fn enriched(n: u64, fields: usize) -> Vec<u8> {
