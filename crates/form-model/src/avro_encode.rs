@@ -803,7 +803,7 @@ mod tests {
         for c in &cases {
             same(c.as_bytes());
         }
-        // Not UTF-8, in a value, a key, or a field row's shared tail: serde_json's error.
+        // Not UTF-8, in a value, a key, or a field row's `form_…` tail: serde_json's error.
         let field_row = format!("{{{field}}}");
         for bad in [
             format!(r#"{{"form":[{{{form},"type":"X"}}],"form_field":[]}}"#),

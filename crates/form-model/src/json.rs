@@ -378,9 +378,7 @@ impl<'a> Reader<'a> {
     }
 
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.s.get(self.i) {
-            self.i += 1;
-        }
+        self.i = skip_ws(self.s, self.i);
     }
 
     /// The position of the next byte.
