@@ -112,12 +112,20 @@ struct Inner {
     misses: Counter,
     responses_200: Counter,
     request_duration: Histogram,
+    /// Where requests run (their tasks, their connections, the answers' checks).
+    requests: tokio::runtime::Handle,
 }
 
 impl Enricher {
     /// A client for `cfg`: pooled keep-alive connections, at most `enrich.connections` (one
-    /// request each at a time), opened a few at a time.
-    pub fn new(cfg: &EnrichConfig, health: Health) -> anyhow::Result<Self> {
+    /// request each at a time), opened a few at a time. Requests, their connections and the
+    /// checks of their answers run on `requests` (in `kafka-source`, a runtime on a thread of
+    /// its own; it may be the caller's).
+    pub fn new(
+        cfg: &EnrichConfig,
+        health: Health,
+        requests: tokio::runtime::Handle,
+    ) -> anyhow::Result<Self> {
         let base = format!("{}/internal.forms/", cfg.uri.as_str().trim_end_matches('/'));
         let base_url = reqwest::Url::parse(&base)?;
         let transport = if base_url.scheme() == "http" {
@@ -166,6 +174,7 @@ impl Enricher {
                 misses: counter!("enrich_cache_lookups_total", "result" => "miss"),
                 responses_200: counter!("forms_api_responses_total", "status" => "200"),
                 request_duration: histogram!("forms_api_request_duration_seconds"),
+                requests,
             }),
         })
     }
@@ -234,12 +243,13 @@ impl Enricher {
         let inner = self.inner.clone();
         let owned = id.to_owned();
         inner.outstanding.fetch_add(1, Ordering::Relaxed);
-        let task = tokio::spawn(async move {
+        let fetch = async move {
             let fetched = Arc::new(inner.fetch_with_retries(&owned).await);
             inner.store(&owned, slot_id, fetched.clone());
             inner.outstanding.fetch_sub(1, Ordering::Relaxed);
             fetched
-        });
+        };
+        let task = self.inner.requests.spawn(fetch);
         let fut: SharedFetch = async move { task.await.expect("fetch task never panics") }
             .boxed()
             .shared();
@@ -318,8 +328,9 @@ impl Cache {
             return;
         }
         let (mut bytes, mut ready) = (self.bytes, self.ready);
+        let now = Instant::now();
         self.map.retain(|id, s| match s {
-            Slot::Ready(f) if f.at.elapsed() >= ttl => {
+            Slot::Ready(f) if now.saturating_duration_since(f.at) >= ttl => {
                 bytes -= entry_bytes(id.len(), s);
                 ready -= 1;
                 false
@@ -510,8 +521,8 @@ pub fn validate_form(id: &str, body: &[u8]) -> Answer {
 /// The fast path of [`validate_form`]: one pass over the body that checks the JSON grammar
 /// (RFC 8259) and what form-model's `validate_api_form` and [`validate_form`] require (an
 /// object; `id` the requested one; `title` a string; `fields` absent, null, or an array of
-/// objects with a non-empty string `id`), copying the text without insignificant whitespace.
-/// `Some(text)` only for an answer that is certainly valid; `None` for anything else and for
+/// objects with a non-empty string `id`), without copying; then the text without insignificant
+/// whitespace (a plain copy of a body that has none). `Some(text)` only for an answer that is certainly valid; `None` for anything else and for
 /// what it leaves to the full check (escapes in the checked keys or in `id`, a duplicate
 /// checked attribute, `\u` surrogates, exponents or very long numbers, deep nesting).
 /// (serde_json skipping the unchecked attributes cost about as much again.)
@@ -519,7 +530,7 @@ fn valid_form_fast(id: &str, body: &[u8]) -> Option<Bytes> {
     let mut scan = Scan {
         inp: body,
         pos: 0,
-        out: Vec::with_capacity(body.len()),
+        spaced: false,
     };
     scan.ws();
     scan.form(id.as_bytes())?;
@@ -528,18 +539,57 @@ fn valid_form_fast(id: &str, body: &[u8]) -> Option<Bytes> {
         return None;
     }
     // Outside strings the grammar admits ASCII only: this checks the strings' UTF-8.
-    std::str::from_utf8(&scan.out).ok()?;
-    Some(Bytes::from(scan.out))
+    std::str::from_utf8(body).ok()?;
+    Some(if scan.spaced {
+        Bytes::from(minify(body))
+    } else {
+        Bytes::copy_from_slice(body)
+    })
+}
+
+/// `json` (valid) without its insignificant whitespace.
+fn minify(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            out.push(b);
+            in_string = b == b'"';
+        }
+    }
+    out
 }
 
 /// Nesting the fast path follows (serde_json's own limit is 128).
 const SCAN_MAX_DEPTH: usize = 100;
 
-/// The reader of [`valid_form_fast`]: `inp` from `pos`, the minified text in `out`.
+/// Bytes a string holds as they are: not `"`, `\`, or a control character.
+const PLAIN: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = false;
+        b += 1;
+    }
+    t[b'"' as usize] = false;
+    t[b'\\' as usize] = false;
+    t
+};
+
+/// The reader of [`valid_form_fast`]: `inp` from `pos`; `spaced` once it skipped whitespace.
 struct Scan<'a> {
     inp: &'a [u8],
     pos: usize,
-    out: Vec<u8>,
+    spaced: bool,
 }
 
 impl Scan<'_> {
@@ -548,23 +598,19 @@ impl Scan<'_> {
     }
 
     fn ws(&mut self) {
+        let start = self.pos;
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
             self.pos += 1;
         }
+        self.spaced |= self.pos != start;
     }
 
     fn byte(&mut self, b: u8) -> Option<()> {
-        (self.peek()? == b).then(|| {
-            self.pos += 1;
-            self.out.push(b);
-        })
+        (self.peek()? == b).then(|| self.pos += 1)
     }
 
     fn literal(&mut self, lit: &[u8]) -> Option<()> {
-        (self.inp.get(self.pos..self.pos + lit.len())? == lit).then(|| {
-            self.pos += lit.len();
-            self.out.extend_from_slice(lit);
-        })
+        (self.inp.get(self.pos..self.pos + lit.len())? == lit).then(|| self.pos += lit.len())
     }
 
     /// A string: the range of its raw content and whether it has escapes.
@@ -573,6 +619,13 @@ impl Scan<'_> {
         let start = self.pos;
         let mut escaped = false;
         loop {
+            while self
+                .inp
+                .get(self.pos)
+                .is_some_and(|&b| PLAIN[usize::from(b)])
+            {
+                self.pos += 1;
+            }
             match self.peek()? {
                 b'"' => break,
                 b'\\' => {
@@ -597,7 +650,6 @@ impl Scan<'_> {
             }
         }
         let end = self.pos;
-        self.out.extend_from_slice(&self.inp[start..end]);
         self.byte(b'"')?;
         Some((start, end, escaped))
     }
@@ -630,7 +682,6 @@ impl Scan<'_> {
         if matches!(self.peek(), Some(b'e' | b'E')) || self.pos - start > 100 {
             return None;
         }
-        self.out.extend_from_slice(&self.inp[start..self.pos]);
         Some(())
     }
 
