@@ -8,9 +8,9 @@
 //!   (5xx, 408, 429, timeouts, connection errors) for ever with backoff and jitter, and store
 //!   their answer in the cache when done, whether or not anyone still waits for them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -254,7 +254,7 @@ impl Enricher {
             .boxed()
             .shared();
         slots.insert(
-            id.to_owned(),
+            id,
             Slot::Loading {
                 id: slot_id,
                 fut: fut.clone(),
@@ -281,14 +281,18 @@ impl Enricher {
 }
 
 /// What a cached entry costs beyond its id and its answer's text (the map's slot, the
-/// `Fetched`, the allocations' headers): an estimate, for `enrich.cache.max-bytes`.
+/// `Fetched`, its place in the answers' order, the allocations' headers): an estimate, for `enrich.cache.max-bytes`.
 pub const ENTRY_OVERHEAD: usize = 160;
 
-/// The cache: forms by id, and the count and estimated bytes of the answered ones (kept as
-/// entries come and go, so the progress line reads them without walking the map).
+/// The cache: forms by id, the answered ones in the order they were answered, and the count
+/// and estimated bytes of the answered ones (kept as entries come and go, so the progress line
+/// reads them without walking the map).
 #[derive(Default)]
 struct Cache {
-    map: HashMap<String, Slot>,
+    map: HashMap<Arc<str>, Slot>,
+    /// Answers, oldest first. An item whose answer is no longer the map's (asked again since)
+    /// is stale: skipped when it comes first, and all dropped once they outnumber the answers.
+    order: VecDeque<(Arc<str>, Weak<Fetched>)>,
     bytes: usize,
     ready: usize,
 }
@@ -310,49 +314,51 @@ fn entry_bytes(id_len: usize, slot: &Slot) -> usize {
     }
 }
 
+/// Whether `answer` is still the map's answer for `id`.
+fn is_current(map: &HashMap<Arc<str>, Slot>, id: &str, answer: &Weak<Fetched>) -> bool {
+    matches!(map.get(id), Some(Slot::Ready(f)) if std::ptr::eq(Arc::as_ptr(f), answer.as_ptr()))
+}
+
 impl Cache {
-    fn insert(&mut self, id: String, slot: Slot) {
-        let id_len = id.len();
-        self.bytes += entry_bytes(id_len, &slot);
-        self.ready += usize::from(matches!(slot, Slot::Ready(_)));
-        if let Some(old) = self.map.insert(id, slot) {
-            self.bytes -= entry_bytes(id_len, &old);
+    fn insert(&mut self, id: &str, slot: Slot) {
+        let key = match self.map.get_key_value(id) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(id),
+        };
+        self.bytes += entry_bytes(id.len(), &slot);
+        if let Slot::Ready(f) = &slot {
+            self.ready += 1;
+            self.order.push_back((key.clone(), Arc::downgrade(f)));
+        }
+        if let Some(old) = self.map.insert(key, slot) {
+            self.bytes -= entry_bytes(id.len(), &old);
             self.ready -= usize::from(matches!(old, Slot::Ready(_)));
+        }
+        if self.order.len() > 2 * self.ready + 1024 {
+            let Cache { map, order, .. } = self;
+            order.retain(|(id, answer)| is_current(map, id, answer));
         }
     }
 
-    /// Past either bound: drops the expired answers, then answers in no particular order until
-    /// both are under 90% of their bound (so that this runs once per many inserts).
+    /// Drops answers, oldest first, while either bound is exceeded or the oldest has expired:
+    /// a few steps per insert.
     fn evict(&mut self, max_entries: usize, max_bytes: usize, ttl: Duration) {
-        if self.map.len() <= max_entries && self.bytes <= max_bytes {
-            return;
-        }
-        let (mut bytes, mut ready) = (self.bytes, self.ready);
         let now = Instant::now();
-        self.map.retain(|id, s| match s {
-            Slot::Ready(f) if now.saturating_duration_since(f.at) >= ttl => {
-                bytes -= entry_bytes(id.len(), s);
-                ready -= 1;
-                false
-            }
-            _ => true,
-        });
-        let (max_entries, max_bytes) = (max_entries - max_entries / 10, max_bytes - max_bytes / 10);
-        let mut entries = self.map.len();
-        if entries > max_entries || bytes > max_bytes {
-            self.map.retain(|id, s| {
-                if (entries > max_entries || bytes > max_bytes) && matches!(s, Slot::Ready(_)) {
-                    entries -= 1;
-                    bytes -= entry_bytes(id.len(), s);
-                    ready -= 1;
-                    false
-                } else {
-                    true
+        while let Some((id, answer)) = self.order.front() {
+            let over = self.map.len() > max_entries || self.bytes > max_bytes;
+            match self.map.get(&**id) {
+                Some(Slot::Ready(f)) if std::ptr::eq(Arc::as_ptr(f), answer.as_ptr()) => {
+                    if !over && now.saturating_duration_since(f.at) < ttl {
+                        return;
+                    }
+                    let old = self.map.remove(&**id).expect("the current answer");
+                    self.bytes -= entry_bytes(id.len(), &old);
+                    self.ready -= 1;
                 }
-            });
+                _ => {} // stale
+            }
+            self.order.pop_front();
         }
-        self.bytes = bytes;
-        self.ready = ready;
     }
 }
 
@@ -364,7 +370,7 @@ impl Inner {
         {
             return; // a newer request replaced ours
         }
-        slots.insert(id.to_owned(), Slot::Ready(fetched));
+        slots.insert(id, Slot::Ready(fetched));
         slots.evict(self.max_entries, self.max_bytes, self.ttl);
     }
 
@@ -924,64 +930,97 @@ mod tests {
     #[test]
     fn cache_counts_the_bytes_of_answered_entries() {
         let mut c = Cache::default();
-        c.insert("aa".into(), loading(1));
+        c.insert("aa", loading(1));
         assert_eq!(
             (c.bytes, c.ready),
             (0, 0),
             "a request in flight counts nothing"
         );
-        c.insert("aa".into(), ready(FORM, Duration::ZERO));
+        c.insert("aa", ready(FORM, Duration::ZERO));
         assert_eq!((c.bytes, c.ready), (ENTRY, 1));
-        c.insert("aa".into(), ready(b"{}", Duration::ZERO));
+        c.insert("aa", ready(b"{}", Duration::ZERO));
         assert_eq!(
             c.bytes,
             ENTRY_OVERHEAD + 2 + 2,
             "a replaced answer is subtracted"
         );
         assert_eq!(c.ready, 1);
-        c.insert("aa".into(), loading(2));
+        c.insert("aa", loading(2));
         assert_eq!((c.bytes, c.ready), (0, 0), "a refetch replaces the answer");
     }
 
+    fn keys(c: &Cache) -> Vec<String> {
+        let mut left: Vec<_> = c.map.keys().map(|k| k.to_string()).collect();
+        left.sort();
+        left
+    }
+
     #[test]
-    fn cache_evicts_past_either_bound_down_to_90_percent() {
+    fn cache_evicts_the_oldest_answers_past_either_bound() {
         let ttl = Duration::from_secs(60);
         // By bytes: 100 entries, room for 50.
         let mut c = Cache::default();
         for i in 0..100 {
-            c.insert(format!("{i:02}"), ready(FORM, Duration::ZERO));
+            c.insert(&format!("{i:02}"), ready(FORM, Duration::ZERO));
         }
-        c.insert("in-flight".into(), loading(7));
+        c.insert("in-flight", loading(7));
         assert_eq!(c.bytes, 100 * ENTRY);
         c.evict(1_000, 50 * ENTRY, ttl);
-        assert!(c.bytes <= 45 * ENTRY && c.bytes > 44 * ENTRY, "{}", c.bytes);
-        assert_eq!(c.map.len(), 45 + 1);
+        assert_eq!((c.bytes, c.ready), (50 * ENTRY, 50));
+        assert_eq!(c.map.len(), 50 + 1);
         assert!(matches!(c.map.get("in-flight"), Some(Slot::Loading { .. })));
+        assert!(c.map.contains_key("50") && !c.map.contains_key("49"));
         let counted: usize = c.map.iter().map(|(id, s)| entry_bytes(id.len(), s)).sum();
         assert_eq!(counted, c.bytes);
-        assert_eq!(c.ready, 45);
         // Under both bounds: nothing happens.
         c.evict(1_000, 50 * ENTRY, ttl);
-        assert_eq!(c.map.len(), 46);
-        // By entries.
+        assert_eq!(c.map.len(), 51);
+        // By entries (the request in flight counts, and stays).
         c.evict(20, usize::MAX, ttl);
-        assert_eq!(c.map.len(), 18);
-        assert_eq!((c.bytes, c.ready), (17 * ENTRY, 17));
+        assert_eq!(c.map.len(), 20);
+        assert_eq!((c.bytes, c.ready), (19 * ENTRY, 19));
+        assert_eq!(keys(&c)[0], "81");
     }
 
     #[test]
-    fn cache_eviction_drops_expired_answers_first() {
+    fn cache_eviction_drops_expired_answers_even_under_the_bounds() {
         let ttl = Duration::from_secs(60);
         let mut c = Cache::default();
         for i in 0..10 {
             let age = if i < 5 { ttl * 2 } else { Duration::ZERO };
-            c.insert(format!("{i:02}"), ready(FORM, age));
+            c.insert(&format!("{i:02}"), ready(FORM, age));
         }
-        c.evict(9, usize::MAX, ttl);
-        let mut left: Vec<_> = c.map.keys().cloned().collect();
-        left.sort();
-        assert_eq!(left, ["05", "06", "07", "08", "09"]);
+        c.evict(1_000, usize::MAX, ttl);
+        assert_eq!(keys(&c), ["05", "06", "07", "08", "09"]);
         assert_eq!((c.bytes, c.ready), (5 * ENTRY, 5));
+    }
+
+    #[test]
+    fn cache_answered_again_goes_by_its_new_answer_and_stale_order_is_dropped() {
+        let ttl = Duration::from_secs(60);
+        let mut c = Cache::default();
+        for i in 0..4 {
+            c.insert(&format!("{i:02}"), ready(FORM, Duration::ZERO));
+        }
+        // "00" asked again and answered: now the newest.
+        c.insert("00", loading(9));
+        c.insert("00", ready(FORM, Duration::ZERO));
+        assert_eq!(
+            c.order.len(),
+            5,
+            "the first answer of 00 is stale, not gone"
+        );
+        c.evict(3, usize::MAX, ttl);
+        assert_eq!(keys(&c), ["00", "02", "03"]);
+        // Many answers of the same form: the stale ones are dropped in bulk.
+        for _ in 0..5_000 {
+            c.insert("02", ready(FORM, Duration::ZERO));
+        }
+        assert_eq!(c.ready, 3);
+        assert!(c.order.len() <= 2 * 3 + 1024 + 1, "{}", c.order.len());
+        c.evict(1, usize::MAX, ttl);
+        assert_eq!(keys(&c), ["02"]);
+        assert_eq!((c.bytes, c.ready), (ENTRY, 1));
     }
 
     #[test]
