@@ -75,6 +75,66 @@ impl std::fmt::Debug for Enricher {
     }
 }
 
+/// What [`Enricher::lookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A cached answer that may serve the event.
+    Ready(Arc<Fetched>),
+    /// A request in flight for it.
+    Pending(Pending),
+}
+
+/// A request in flight for an event's form. It runs whether or not this is polled (on the
+/// requests' runtime), and waking is only for whoever polls it: the loop polls only the oldest
+/// event's, so answers for later events wake nobody.
+pub struct Pending {
+    enricher: Enricher,
+    id: String,
+    happened_micros: i64,
+    joined: SharedFetch,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("id", &self.id)
+            .field("happened_micros", &self.happened_micros)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// The answer for the event.
+    pub async fn answer(self) -> Arc<Fetched> {
+        let Pending {
+            enricher,
+            id,
+            happened_micros,
+            joined,
+        } = self;
+        let fetched = joined.clone().await;
+        if fetched.retrieved_micros >= happened_micros {
+            return fetched;
+        }
+        // The request we joined was answered before this event happened (by the API's clock):
+        // ask again, once, and take that answer whatever its time.
+        let fut = {
+            let mut slots = enricher.inner.slots.lock().expect("cache lock");
+            match slots.map.get(id.as_str()) {
+                Some(Slot::Ready(f)) if f.retrieved_micros >= happened_micros => {
+                    return f.clone();
+                }
+                Some(Slot::Loading { fut, .. }) if !fut.ptr_eq(&joined) => fut.clone(),
+                _ => {
+                    enricher.inner.misses.increment(1);
+                    enricher.start_fetch(&mut slots, &id)
+                }
+            }
+        };
+        fut.await
+    }
+}
+
 /// How requests are sent: our own HTTP/1.1 pool for `http://`, reqwest for `https://`.
 enum Transport {
     Http1(Http1Pool),
@@ -179,63 +239,33 @@ impl Enricher {
         })
     }
 
-    /// The cached form `id` if it may serve an event that happened at `happened_micros`
-    /// (the fast path of [`Enricher::lookup`], without a future).
-    pub fn lookup_cached(&self, id: &str, happened_micros: i64) -> Option<Arc<Fetched>> {
-        let slots = self.inner.slots.lock().expect("cache lock");
-        match slots.map.get(id) {
+    /// The form `id` as of an event that happened at `happened_micros`: the cached answer if
+    /// it may serve it, else the request that will answer (joined if one is in flight, else
+    /// started now, whether or not the caller polls it: see [`Pending`]).
+    pub fn lookup(&self, id: &str, happened_micros: i64) -> Lookup {
+        let mut slots = self.inner.slots.lock().expect("cache lock");
+        let joined = match slots.map.get(id) {
             Some(Slot::Ready(f))
                 if f.retrieved_micros >= happened_micros && f.at.elapsed() < self.inner.ttl =>
             {
                 self.inner.hits.increment(1);
-                Some(f.clone())
+                return Lookup::Ready(f.clone());
             }
-            _ => None,
-        }
-    }
-
-    /// The form `id` as of an event that happened at `happened_micros`.
-    pub async fn lookup(&self, id: &str, happened_micros: i64) -> Arc<Fetched> {
-        let joined = {
-            let mut slots = self.inner.slots.lock().expect("cache lock");
-            match slots.map.get(id) {
-                Some(Slot::Ready(f))
-                    if f.retrieved_micros >= happened_micros && f.at.elapsed() < self.inner.ttl =>
-                {
-                    self.inner.hits.increment(1);
-                    return f.clone();
-                }
-                Some(Slot::Loading { fut, .. }) => {
-                    self.inner.coalesced.increment(1);
-                    Some(fut.clone())
-                }
-                _ => {
-                    self.inner.misses.increment(1);
-                    None
-                }
+            Some(Slot::Loading { fut, .. }) => {
+                self.inner.coalesced.increment(1);
+                fut.clone()
             }
-            .unwrap_or_else(|| self.start_fetch(&mut slots, id))
-        };
-        let fetched = joined.clone().await;
-        if fetched.retrieved_micros >= happened_micros {
-            return fetched;
-        }
-        // The request we joined was answered before this event happened (by the API's clock):
-        // ask again, once, and take that answer whatever its time.
-        let fut = {
-            let mut slots = self.inner.slots.lock().expect("cache lock");
-            match slots.map.get(id) {
-                Some(Slot::Ready(f)) if f.retrieved_micros >= happened_micros => {
-                    return f.clone();
-                }
-                Some(Slot::Loading { fut, .. }) if !fut.ptr_eq(&joined) => fut.clone(),
-                _ => {
-                    self.inner.misses.increment(1);
-                    self.start_fetch(&mut slots, id)
-                }
+            _ => {
+                self.inner.misses.increment(1);
+                self.start_fetch(&mut slots, id)
             }
         };
-        fut.await
+        Lookup::Pending(Pending {
+            enricher: self.clone(),
+            id: id.to_owned(),
+            happened_micros,
+            joined,
+        })
     }
 
     fn start_fetch(&self, slots: &mut Cache, id: &str) -> SharedFetch {

@@ -29,6 +29,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -37,9 +38,8 @@ use connector_common::dlq::{DlqInfo, DlqReason};
 use connector_common::kafka::{CLOSE_TIMEOUT, close_consumer};
 use connector_common::retry::{ErrorClass, classify_kafka};
 use connector_common::telemetry::{Health, RateCounter};
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
 use metrics::{Counter, counter, gauge};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -55,7 +55,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config::SourceConfig;
-use crate::enrich::{Answer, Enricher, Fetched};
+use crate::enrich::{Answer, Enricher, Fetched, Lookup};
 
 /// Timeout of blocking transaction calls (commit, abort, send offsets).
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -229,6 +229,25 @@ struct Processed {
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
     output: Output,
+}
+
+/// Records being enriched, oldest first. Only the oldest is polled: its output is the next
+/// to produce, and the requests of the others run without being polled (see
+/// `enrich::Pending`), so an answer for a later record wakes nobody. (A `FuturesOrdered`
+/// polled them all: on the cold bench, the loop's thread woke for most answers, out of order,
+/// to find the oldest still waiting.)
+type InFlight = VecDeque<BoxFuture<'static, Processed>>;
+
+/// The oldest record in flight, once it is done (never, while there is none).
+fn oldest(inflight: &mut InFlight) -> impl Future<Output = Processed> + '_ {
+    std::future::poll_fn(move |cx| {
+        let Some(first) = inflight.front_mut() else {
+            return Poll::Pending;
+        };
+        let done = std::task::ready!(first.as_mut().poll(cx));
+        inflight.pop_front();
+        Poll::Ready(done)
+    })
 }
 
 /// A consumed record: done at once (invalid, or its form cached), or waiting for the API.
@@ -425,7 +444,7 @@ pub async fn run(
     let resume_at = cap / 2;
     let commit_max = cfg.source.commit_max_records;
     let commit_interval = cfg.source.commit_interval;
-    let mut inflight: FuturesOrdered<BoxFuture<'static, Processed>> = FuturesOrdered::new();
+    let mut inflight = InFlight::new();
     // Finished records waiting for the running commit to end.
     let mut ready: VecDeque<Processed> = VecDeque::new();
     let mut pending = Pending::default();
@@ -457,7 +476,7 @@ pub async fn run(
                     "Dropping uncommitted work of the previous assignment."
                 );
             }
-            inflight = FuturesOrdered::new();
+            inflight = InFlight::new();
             ready.clear();
             pending = Pending::default();
             epoch = now_epoch;
@@ -528,7 +547,7 @@ pub async fn run(
                         warn!(error = %e, records = c.batch.records, "Commit failed: aborted, rewinding to the committed offsets.");
                         consumer.context().epoch.fetch_add(1, Ordering::SeqCst);
                         epoch = consumer.context().epoch.load(Ordering::SeqCst);
-                        inflight = FuturesOrdered::new();
+                        inflight = InFlight::new();
                         ready.clear();
                         pending = Pending::default();
                         // Blocks the (single-threaded) runtime for a round trip: rare, and
@@ -547,7 +566,7 @@ pub async fn run(
                     ready.clear();
                 }
             }
-            Some(p) = inflight.next(), if !inflight.is_empty() => {
+            p = oldest(&mut inflight), if !inflight.is_empty() => {
                 // This one and whatever else is already finished, up to a batch (one pass of
                 // the loop per batch, not per record). Rebalances run only inside `recv`, so
                 // the epoch holds for the whole batch.
@@ -568,7 +587,7 @@ pub async fn run(
                     }
                     // A no-op waker here is fine: the next `select!` polls `inflight` again
                     // with the task's own before waiting.
-                    next = inflight.next().now_or_never().flatten();
+                    next = oldest(&mut inflight).now_or_never();
                 }
             }
             m = consumer.recv(), if poll => {
@@ -579,7 +598,7 @@ pub async fn run(
                     let m = m.context("consuming")?;
                     let now_epoch = consumer.context().epoch.load(Ordering::SeqCst);
                     if now_epoch != epoch {
-                        inflight = FuturesOrdered::new();
+                        inflight = InFlight::new();
                         ready.clear();
                         pending = Pending::default();
                         epoch = now_epoch;
@@ -619,7 +638,7 @@ pub async fn run(
             }
             _ = sleep_until_opt(drain_deadline), if draining && !inflight.is_empty() => {
                 warn!(abandoned = inflight.len(), "Drain timeout: leaving the rest uncommitted for the next run.");
-                inflight = FuturesOrdered::new();
+                inflight = InFlight::new();
             }
         }
 
@@ -761,18 +780,18 @@ fn prepare(
             }));
         }
     };
-    if let Some(fetched) = enricher.lookup_cached(event.form_id(), event.happened_at_micros()) {
-        return Step::Done(done(build_output(
-            &event, &fetched, route, partition, offset,
-        )));
-    }
+    let pending = match enricher.lookup(event.form_id(), event.happened_at_micros()) {
+        Lookup::Ready(fetched) => {
+            return Step::Done(done(build_output(
+                &event, &fetched, route, partition, offset,
+            )));
+        }
+        Lookup::Pending(pending) => pending,
+    };
     let (key, payload, headers) = original();
-    let enricher = enricher.clone();
     let source_prefix = route.source_prefix.clone();
     Step::Wait(Box::pin(async move {
-        let fetched = enricher
-            .lookup(event.form_id(), event.happened_at_micros())
-            .await;
+        let fetched = pending.answer().await;
         let output = build_output_with(&event, &fetched, &source_prefix, partition, offset);
         let dead = matches!(output, Output::Dead { .. });
         Processed {
@@ -1036,4 +1055,61 @@ pub fn progress_line(stats: &Stats, enricher: &Enricher, elapsed: Duration) -> S
         enricher.cached(),
         enricher.cached_bytes() as f64 / (1024.0 * 1024.0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn processed(offset: i64) -> Processed {
+        Processed {
+            epoch: 0,
+            partition: 0,
+            offset,
+            key: None,
+            payload: None,
+            headers: None,
+            output: Output::Enriched {
+                key: String::new(),
+                value: Vec::new(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_oldest_record_in_flight_is_polled() {
+        let (first_done, first) = tokio::sync::oneshot::channel::<()>();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut inflight = InFlight::new();
+        inflight.push_back(Box::pin(async move {
+            first.await.unwrap();
+            processed(1)
+        }));
+        let counted = polls.clone();
+        inflight.push_back(Box::pin(futures::future::poll_fn(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(processed(2))
+        })));
+        assert!(oldest(&mut inflight).now_or_never().is_none());
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            0,
+            "a later record was polled"
+        );
+        first_done.send(()).unwrap();
+        assert_eq!(oldest(&mut inflight).await.offset, 1);
+        assert_eq!(polls.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            oldest(&mut inflight).now_or_never().map(|p| p.offset),
+            Some(2)
+        );
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        assert!(inflight.is_empty());
+        assert!(
+            oldest(&mut inflight).now_or_never().is_none(),
+            "none: pending"
+        );
+    }
 }
