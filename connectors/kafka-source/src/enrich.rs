@@ -608,19 +608,6 @@ fn minify(json: &[u8]) -> Vec<u8> {
 /// Nesting the fast path follows (serde_json's own limit is 128).
 const SCAN_MAX_DEPTH: usize = 100;
 
-/// Bytes a string holds as they are: not `"`, `\`, or a control character.
-const PLAIN: [bool; 256] = {
-    let mut t = [true; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = false;
-        b += 1;
-    }
-    t[b'"' as usize] = false;
-    t[b'\\' as usize] = false;
-    t
-};
-
 /// The reader of [`valid_form_fast`]: `inp` from `pos`; `spaced` once it skipped whitespace.
 struct Scan<'a> {
     inp: &'a [u8],
@@ -655,13 +642,7 @@ impl Scan<'_> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            while self
-                .inp
-                .get(self.pos)
-                .is_some_and(|&b| PLAIN[usize::from(b)])
-            {
-                self.pos += 1;
-            }
+            self.pos = form_model::json_plain_end(self.inp, self.pos);
             match self.peek()? {
                 b'"' => break,
                 b'\\' => {

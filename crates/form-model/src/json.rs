@@ -619,7 +619,8 @@ fn skip_ws(s: &[u8], mut i: usize) -> usize {
 /// or a control character (or `s.len()`). Eight bytes at a time: a byte's match is found by
 /// the zero-byte test on `word ^ pattern`, and "below 0x20" by the same borrow trick; a
 /// false match can only sit above a true one in the same word, so the lowest is exact.
-fn plain_end(s: &[u8], mut i: usize) -> usize {
+/// (Also kafka-source's check of the forms API's answers, as `form_model::json_plain_end`.)
+pub fn plain_end(s: &[u8], mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;

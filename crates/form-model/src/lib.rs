@@ -22,6 +22,7 @@ pub use flatten::{
     FORM_FIELD_TABLE, FORM_TABLE, Flattened, Row, TIMESTAMP_COLUMNS, flatten, flatten_to_json,
     row_event_date, write_i64,
 };
+pub use json::plain_end as json_plain_end;
 pub use seed::{CANARY_RETRIEVED_MICROS, canary_record, seed_enriched};
 pub use time::{
     TimestampError, day_to_date, format_rfc3339_micros, micros_to_date, parse_timestamp,
