@@ -311,7 +311,8 @@ impl Enricher {
 }
 
 /// What a cached entry costs beyond its id and its answer's text (the map's slot, the
-/// `Fetched`, its place in the answers' order, the allocations' headers): an estimate, for `enrich.cache.max-bytes`.
+/// `Fetched`, its place in the answers' order, the allocations' headers): an estimate, for
+/// `enrich.cache.max-bytes`.
 pub const ENTRY_OVERHEAD: usize = 160;
 
 /// The cache: forms by id, the answered ones in the order they were answered, and the count
@@ -558,9 +559,10 @@ pub fn validate_form(id: &str, body: &[u8]) -> Answer {
 /// (RFC 8259) and what form-model's `validate_api_form` and [`validate_form`] require (an
 /// object; `id` the requested one; `title` a string; `fields` absent, null, or an array of
 /// objects with a non-empty string `id`), without copying; then the text without insignificant
-/// whitespace (a plain copy of a body that has none). `Some(text)` only for an answer that is certainly valid; `None` for anything else and for
-/// what it leaves to the full check (escapes in the checked keys or in `id`, a duplicate
-/// checked attribute, `\u` surrogates, exponents or very long numbers, deep nesting).
+/// whitespace (a plain copy of a body that has none). `Some(text)` only for an answer that is
+/// certainly valid; `None` for anything else and for what it leaves to the full check (escapes
+/// in the checked keys or in `id`, a duplicate checked attribute, `\u` surrogates, exponents
+/// or very long numbers, deep nesting).
 /// (serde_json skipping the unchecked attributes cost about as much again.)
 fn valid_form_fast(id: &str, body: &[u8]) -> Option<Bytes> {
     let mut scan = Scan {
