@@ -345,9 +345,16 @@ fn entry_bytes(id_len: usize, slot: &Slot) -> usize {
     }
 }
 
-/// Whether `answer` is still the map's answer for `id`.
-fn is_current(map: &HashMap<Arc<str>, Slot>, id: &str, answer: &Weak<Fetched>) -> bool {
-    matches!(map.get(id), Some(Slot::Ready(f)) if std::ptr::eq(Arc::as_ptr(f), answer.as_ptr()))
+/// The map's answer for `id` if it is still `answer` (else `answer`'s order item is stale).
+fn current<'m>(
+    map: &'m HashMap<Arc<str>, Slot>,
+    id: &str,
+    answer: &Weak<Fetched>,
+) -> Option<&'m Arc<Fetched>> {
+    match map.get(id) {
+        Some(Slot::Ready(f)) if std::ptr::eq(Arc::as_ptr(f), answer.as_ptr()) => Some(f),
+        _ => None,
+    }
 }
 
 impl Cache {
@@ -367,7 +374,7 @@ impl Cache {
         }
         if self.order.len() > 2 * self.ready + 1024 {
             let Cache { map, order, .. } = self;
-            order.retain(|(id, answer)| is_current(map, id, answer));
+            order.retain(|(id, answer)| current(map, id, answer).is_some());
         }
     }
 
@@ -377,16 +384,14 @@ impl Cache {
         let now = Instant::now();
         while let Some((id, answer)) = self.order.front() {
             let over = self.map.len() > max_entries || self.bytes > max_bytes;
-            match self.map.get(&**id) {
-                Some(Slot::Ready(f)) if std::ptr::eq(Arc::as_ptr(f), answer.as_ptr()) => {
-                    if !over && now.saturating_duration_since(f.at) < ttl {
-                        return;
-                    }
-                    let old = self.map.remove(&**id).expect("the current answer");
-                    self.bytes -= entry_bytes(id.len(), &old);
-                    self.ready -= 1;
+            // A stale item is only popped.
+            if let Some(f) = current(&self.map, id, answer) {
+                if !over && now.saturating_duration_since(f.at) < ttl {
+                    return;
                 }
-                _ => {} // stale
+                let old = self.map.remove(&**id).expect("the current answer");
+                self.bytes -= entry_bytes(id.len(), &old);
+                self.ready -= 1;
             }
             self.order.pop_front();
         }
