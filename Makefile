@@ -49,7 +49,7 @@ build-smartmodules:
 	fi
 
 deps:
-	tests/cluster/install.sh kafka s3s avro venv
+	tests/cluster/install.sh kafka s3s avro venv iceberg
 
 lint:
 	$(CARGO) fmt --all --check

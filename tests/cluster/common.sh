@@ -4,13 +4,15 @@
 # .cluster/ (data dirs, logs, pid files). All services listen on 127.0.0.1 only.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-CACHE="$ROOT/.cache"
+# FORM_ETL_CACHE moves the installs elsewhere (e.g. to try a cold install beside the shared one).
+CACHE="${FORM_ETL_CACHE:-$ROOT/.cache}"
 STATE="$ROOT/.cluster"
 
 # Pinned versions (the pom pins the Kafka jars; see tests/cluster/pom.xml).
 KAFKA_VERSION="4.4.0"
 AVRO_TOOLS_VERSION="1.12.1"
 S3S_FS_VERSION="0.14.1"
+ICEBERG_VERSION="1.11.0"
 
 KAFKA_LIBS="$CACHE/kafka/libs"
 KAFKA_STAMP="$CACHE/kafka/resolved-$KAFKA_VERSION"
@@ -19,16 +21,27 @@ S3S_FS="$CACHE/tools/bin/s3s-fs"
 VENV="$CACHE/venv"
 PYTHON="$VENV/bin/python"
 FORMS_API_BIN="$ROOT/target/release/forms-api"
+# Apache Iceberg's REST catalog (tests/cluster/iceberg-rest): jars resolved by Maven (its own local
+# repository under .cache/iceberg-rest/m2), our launcher compiled by javac.
+ICEBERG_REST_SRC="$ROOT/tests/cluster/iceberg-rest"
+ICEBERG_REST_HOME="$CACHE/iceberg-rest"
+ICEBERG_REST_LIBS="$ICEBERG_REST_HOME/libs"
+ICEBERG_REST_CLASSES="$ICEBERG_REST_HOME/classes"
+ICEBERG_REST_MAIN="dev.formetl.cluster.LocalRestCatalog"
 
 KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 S3_PORT=9000
 FORMS_API_PORT=8000
 FORMS_ADMIN_PORT=8001
+ICEBERG_REST_PORT=8181
 
 S3_ACCESS_KEY="admin"
 S3_SECRET_KEY="password"
 S3_BUCKET="output"
+# The REST catalog's warehouse: a bucket of its own, so the Avro output's bucket stays as it was.
+ICEBERG_BUCKET="iceberg"
+ICEBERG_WAREHOUSE="s3://$ICEBERG_BUCKET/warehouse"
 
 TOPICS=(form.events form.enriched form.events.dlq)
 PARTITIONS="${FORM_ETL_PARTITIONS:-3}"
@@ -39,7 +52,7 @@ FORMS_DIR="${FORM_ETL_FORMS_DIR:-$ROOT/tests/fixtures/seed/forms}"
 READY_TIMEOUT="${FORM_ETL_READY_TIMEOUT:-90}"
 KAFKA_HEAP="${FORM_ETL_KAFKA_HEAP:--Xms256m -Xmx512m}"
 
-SERVICES=(kafka s3 forms-api)
+SERVICES=(kafka s3 forms-api iceberg-rest)
 
 say() { printf '[cluster] %s\n' "$*"; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -56,6 +69,12 @@ cluster_lock() {
   export FORM_ETL_CLUSTER_LOCKED=1
 }
 
+# A digest of what the REST catalog install is made from (its pom and launcher source): names the
+# install's stamp, and marks the running catalog's command line, so a changed one is restarted.
+iceberg_rest_digest() {
+  cat "$ICEBERG_REST_SRC/pom.xml" "$ICEBERG_REST_SRC"/src/*.java | sha256sum | cut -c1-16
+}
+
 log_file() { echo "$STATE/$1.log"; }
 pid_file() { echo "$STATE/$1.pid"; }
 
@@ -65,6 +84,7 @@ service_marker() {
     kafka) echo "$STATE/kafka/server.properties" ;;
     s3) echo "$STATE/s3" ;;
     forms-api) echo "--admin-port $FORMS_ADMIN_PORT" ;;
+    iceberg-rest) echo "$STATE/iceberg-rest/catalog.properties" ;;
   esac
 }
 

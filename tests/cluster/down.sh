@@ -3,7 +3,7 @@
 # first (SIGTERM, Kafka shuts down cleanly in a few seconds), then SIGKILL after a deadline.
 # Data stays in .cluster/ (delete that folder for a clean slate).
 #
-#   down.sh [SERVICE...]     (no argument: all: kafka s3 forms-api)
+#   down.sh [SERVICE...]     (no argument: all: kafka s3 forms-api iceberg-rest)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -32,7 +32,7 @@ stop() {
 cluster_lock
 what=("$@")
 ((${#what[@]})) || what=("${SERVICES[@]}")
-# Stop the forms API and S3 in parallel with Kafka's (slower) clean shutdown.
+# Stop the forms API, S3 and the REST catalog in parallel with Kafka's (slower) clean shutdown.
 pids=()
 for svc in "${what[@]}"; do
   stop "$svc" &

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # make cluster-up: installs on first use, then starts whatever is not running (Kafka, the S3
-# server, the forms API), waits for each to answer, and creates the topics and the bucket.
-# Idempotent: running services are left alone (a forms API whose binary was rebuilt is restarted).
+# server, the forms API, the Iceberg REST catalog), waits for each to answer, and creates the
+# topics and the buckets.
+# Idempotent: running services are left alone (a forms API whose binary was rebuilt, or a REST
+# catalog whose install changed, is restarted).
 #
-#   up.sh [SERVICE...]     (no argument: all: kafka s3 forms-api)
+#   up.sh [SERVICE...]     (no argument: all: kafka s3 forms-api iceberg-rest)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -12,6 +14,7 @@ want=("$@")
 wanted() { [[ " ${want[*]} " == *" $1 "* ]]; }
 
 "$ROOT/tests/cluster/install.sh" kafka s3s
+if wanted iceberg-rest; then "$ROOT/tests/cluster/install.sh" iceberg; fi
 command -v curl >/dev/null || die "curl is not installed: apt-get install curl"
 
 # The forms API is ours: build it when missing or older than its sources.
@@ -113,6 +116,41 @@ start_forms_api() {
     --forms-dir "$FORMS_DIR" --generate "$FORMS_GENERATE" --seed "$FORMS_SEED"
 }
 
+# ---- Apache Iceberg's REST catalog (our launcher of its servlet: tests/cluster/iceberg-rest) ----
+# A JDBC catalog on SQLite (a file under .cluster/), S3FileIO on the local S3 server, path-style.
+ICEBERG_REST_STATE="$STATE/iceberg-rest"
+ICEBERG_REST_CONF="$ICEBERG_REST_STATE/catalog.properties"
+start_iceberg_rest() {
+  mkdir -p "$ICEBERG_REST_STATE" "$S3_ROOT/$ICEBERG_BUCKET"
+  cat >"$ICEBERG_REST_CONF" <<EOF
+# Written by tests/cluster/up.sh on every start; edit the script, not this file.
+rest.host=127.0.0.1
+rest.port=$ICEBERG_REST_PORT
+catalog.name=local
+uri=jdbc:sqlite:$ICEBERG_REST_STATE/catalog.db
+warehouse=$ICEBERG_WAREHOUSE
+io-impl=org.apache.iceberg.aws.s3.S3FileIO
+s3.endpoint=http://127.0.0.1:$S3_PORT
+s3.path-style-access=true
+s3.access-key-id=$S3_ACCESS_KEY
+s3.secret-access-key=$S3_SECRET_KEY
+client.region=us-east-1
+EOF
+  check_port_free iceberg-rest "$ICEBERG_REST_PORT"
+  # -Dform-etl.iceberg-rest names the install it runs (see the restart below).
+  start iceberg-rest env AWS_REGION=us-east-1 java -Xms32m -Xmx256m -XX:+UseSerialGC \
+    -XX:TieredStopAtLevel=1 -Djava.net.preferIPv4Stack=true -Djava.awt.headless=true \
+    "-Dform-etl.iceberg-rest=$(iceberg_rest_digest)" \
+    -cp "$ICEBERG_REST_CLASSES:$ICEBERG_REST_LIBS/*" "$ICEBERG_REST_MAIN" "$ICEBERG_REST_CONF"
+}
+
+# A REST catalog started from another install (its pom or launcher changed since) is restarted.
+if wanted iceberg-rest && pid="$(service_pid iceberg-rest)" &&
+  ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "-Dform-etl.iceberg-rest=$(iceberg_rest_digest) "; then
+  say "iceberg-rest (pid $pid) runs an outdated install: restarting it"
+  "$ROOT/tests/cluster/down.sh" iceberg-rest
+fi
+
 # A forms API still running an older binary (cargo replaced the file) is restarted.
 if wanted forms-api && pid="$(service_pid forms-api)" && [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == *"(deleted)" ]]; then
   say "forms-api (pid $pid) runs an outdated binary: restarting it"
@@ -128,6 +166,7 @@ for svc in "${want[@]}"; do
       kafka) start_kafka ;;
       s3) start_s3 ;;
       forms-api) start_forms_api ;;
+      iceberg-rest) start_iceberg_rest ;;
     esac
   fi
 done
@@ -142,6 +181,9 @@ forms_api_ready() {
   curl -sf -m 2 -o /dev/null "http://127.0.0.1:$FORMS_API_PORT/health" &&
     curl -sf -m 2 -o /dev/null "http://127.0.0.1:$FORMS_ADMIN_PORT/faults"
 }
+iceberg_rest_ready() {
+  curl -sf -m 2 "http://127.0.0.1:$ICEBERG_REST_PORT/v1/config" | grep -q '"endpoints"'
+}
 kafka_ready() {
   port_open "$KAFKA_PORT" && kafka_topics_list >"$KAFKA_DIR/topics.list" 2>>"$(log_file kafka)"
 }
@@ -153,6 +195,10 @@ fi
 if wanted forms-api; then
   wait_ready forms-api "$(service_pid forms-api || echo 0)" forms_api_ready
   say "forms-api ready: http://127.0.0.1:$FORMS_API_PORT (admin http://127.0.0.1:$FORMS_ADMIN_PORT)"
+fi
+if wanted iceberg-rest; then
+  wait_ready iceberg-rest "$(service_pid iceberg-rest || echo 0)" iceberg_rest_ready
+  say "iceberg-rest ready: http://127.0.0.1:$ICEBERG_REST_PORT (warehouse $ICEBERG_WAREHOUSE, catalog $ICEBERG_REST_STATE/catalog.db)"
 fi
 wanted kafka || exit 0
 wait_ready kafka "$(service_pid kafka || echo 0)" kafka_ready
@@ -173,4 +219,4 @@ for t in "${!create_pids[@]}"; do
   say "created topic $t ($PARTITIONS partitions)"
 done
 
-say "cluster up: kafka 127.0.0.1:$KAFKA_PORT, s3 http://127.0.0.1:$S3_PORT, forms-api http://127.0.0.1:$FORMS_API_PORT (admin :$FORMS_ADMIN_PORT); state in $STATE"
+say "cluster up: kafka 127.0.0.1:$KAFKA_PORT, s3 http://127.0.0.1:$S3_PORT, forms-api http://127.0.0.1:$FORMS_API_PORT (admin :$FORMS_ADMIN_PORT), iceberg-rest http://127.0.0.1:$ICEBERG_REST_PORT; state in $STATE"
