@@ -3,7 +3,8 @@
 //! Every integration test talks to the real local cluster (`make cluster-up`): Kafka, the S3
 //! server and the forms API. Nothing here mocks them. The helpers give each test:
 //!
-//! - the cluster's addresses ([`kafka_bootstrap`], [`s3_endpoint`], [`forms_api`], [`forms_admin`]),
+//! - the cluster's addresses ([`kafka_bootstrap`], [`s3_endpoint`], [`forms_api`], [`forms_admin`],
+//!   [`iceberg_rest`]),
 //!   from the environment with the defaults of `docs/internals.md`;
 //! - [`require_cluster!`]: skip (bare `cargo test`) or fail (`make test`, which sets
 //!   `FORM_ETL_REQUIRE_CLUSTER=1`) when a service is unreachable;
@@ -58,6 +59,11 @@ pub fn forms_api() -> String {
 /// Forms API admin base URL: `FORM_ETL_FORMS_ADMIN`, default `http://127.0.0.1:8001`.
 pub fn forms_admin() -> String {
     env_or("FORM_ETL_FORMS_ADMIN", "http://127.0.0.1:8001")
+}
+
+/// Iceberg REST catalog base URL: `FORM_ETL_ICEBERG_REST`, default `http://127.0.0.1:8181`.
+pub fn iceberg_rest() -> String {
+    env_or("FORM_ETL_ICEBERG_REST", "http://127.0.0.1:8181")
 }
 
 /// S3 access key of the local server.
@@ -133,15 +139,23 @@ pub enum Service {
     S3,
     /// The forms API at [`forms_api`] (and its admin port).
     FormsApi,
+    /// The Iceberg REST catalog at [`iceberg_rest`].
+    IcebergRest,
 }
 
 impl Service {
     /// Every service of the cluster.
-    pub const ALL: &'static [Service] = &[Service::Kafka, Service::S3, Service::FormsApi];
+    pub const ALL: &'static [Service] = &[
+        Service::Kafka,
+        Service::S3,
+        Service::FormsApi,
+        Service::IcebergRest,
+    ];
 }
 
 /// Checks that each service answers: Kafka a metadata request, S3 any HTTP answer, the forms API
-/// `GET /health` with 200. The error names the service and its address.
+/// `GET /health` with 200, the Iceberg REST catalog `GET /v1/config` with 200. The error names the
+/// service and its address.
 pub async fn check_cluster(services: &[Service]) -> Result<(), String> {
     for s in services {
         match s {
@@ -177,6 +191,20 @@ pub async fn check_cluster(services: &[Service]) -> Result<(), String> {
                     .map(|r| r.status().is_success());
                 if !matches!(ok, Ok(true)) {
                     return Err(format!("the forms API at {url} does not answer 200"));
+                }
+            }
+            Service::IcebergRest => {
+                let url = format!("{}/v1/config", iceberg_rest());
+                let ok = http_client()
+                    .get(&url)
+                    .timeout(Duration::from_secs(3))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success());
+                if !matches!(ok, Ok(true)) {
+                    return Err(format!(
+                        "the Iceberg REST catalog at {url} does not answer 200"
+                    ));
                 }
             }
         }
