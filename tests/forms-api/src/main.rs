@@ -1,7 +1,8 @@
 //! The forms API test server (see `docs/internals.md`, "Forms API test server").
 //!
 //! - API port: `GET /internal.forms/{id}` (fixture files from `--forms-dir`, then generated forms
-//!   `form-000000` … when `--generate N`), `GET /health`. Every answer carries hyper's real `Date`.
+//!   `form-000000` … when `--generate N`, Typeform-shaped forms `tf-000000` … when
+//!   `--typeform N`), `GET /health`. Every answer carries hyper's real `Date`.
 //! - Admin port: `GET/PUT /faults`, `GET /stats`, `POST /reset`, `GET /health`.
 //!
 //! Answers are served from memory: fixture files are read once at start, a generated form is
@@ -10,6 +11,7 @@
 
 mod faults;
 mod generator;
+mod typeform;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +52,11 @@ struct Cli {
     /// Number of generated forms (`form-000000` … `form-{N-1:06}`).
     #[arg(long, default_value_t = 0)]
     generate: u64,
+    /// Number of generated Typeform-shaped forms (`tf-000000` … `tf-{N-1:06}`), beside the
+    /// `--generate` ones: the shape of Typeform's "retrieve form" answer, attributes outside the
+    /// column catalogue included.
+    #[arg(long, default_value_t = 0)]
+    typeform: u64,
     /// Seed of the generator: the same `(generate, seed)` always gives byte-identical answers.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -63,6 +70,7 @@ const HANG_FOR: Duration = Duration::from_secs(3600);
 struct Forms {
     fixtures: HashMap<String, Bytes>,
     generated: Vec<OnceLock<Bytes>>,
+    typeform: Vec<OnceLock<Bytes>>,
     seed: u64,
 }
 
@@ -70,6 +78,13 @@ impl Forms {
     fn get(&self, id: &str) -> Option<Bytes> {
         if let Some(b) = self.fixtures.get(id) {
             return Some(b.clone());
+        }
+        if let Some(index) = typeform::parse_form_id(id) {
+            let slot = self.typeform.get(usize::try_from(index).ok()?)?;
+            return Some(
+                slot.get_or_init(|| Bytes::from(typeform::generate_form_json(self.seed, index)))
+                    .clone(),
+            );
         }
         let index = generator::parse_form_id(id)?;
         let slot = self.generated.get(usize::try_from(index).ok()?)?;
@@ -266,14 +281,19 @@ async fn main() -> anyhow::Result<()> {
     let Ok(generate) = usize::try_from(cli.generate) else {
         bail!("--generate {} is too large", cli.generate);
     };
+    let Ok(typeform) = usize::try_from(cli.typeform) else {
+        bail!("--typeform {} is too large", cli.typeform);
+    };
     let forms = Forms {
         fixtures,
         generated: (0..generate).map(|_| OnceLock::new()).collect(),
+        typeform: (0..typeform).map(|_| OnceLock::new()).collect(),
         seed: cli.seed,
     };
     info!(
         fixtures = forms.fixtures.len(),
         generated = generate,
+        typeform,
         seed = cli.seed,
         "Forms loaded."
     );
