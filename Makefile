@@ -113,3 +113,16 @@ BENCH_ARGS ?=
 bench: cluster-up build-smartmodules
 	$(CARGO) build --release -p forms-api -p kafka-source -p s3-sink -p form-etl-bench
 	target/release/form-etl-bench --command 'make bench BENCH_ARGS="$(BENCH_ARGS)"' $(BENCH_ARGS)
+
+# The chaos suite of issue #15 (tests/chaos): a private cluster of its own (never the shared
+# one), kills, outages, restarts, a hot swap, poison; an oracle reads everything back. Prints a
+# table and writes target/chaos/report.md; exits non-zero if a scenario fails. State in .chaos/.
+#   make chaos                          every scenario (bounded: 20 minutes)
+#   make chaos SCENARIO=replay-cut      one, or a comma-separated list (names: --list)
+#   make chaos CHAOS_ARGS="--seed 7"    more flags (target/release/form-etl-chaos --help)
+.PHONY: chaos
+SCENARIO ?=
+CHAOS_ARGS ?=
+chaos: deps build-smartmodules
+	$(CARGO) build --release -p form-etl-chaos -p kafka-source -p s3-sink -p forms-api
+	target/release/form-etl-chaos $(if $(SCENARIO),--scenario $(SCENARIO)) $(CHAOS_ARGS)

@@ -1022,3 +1022,4 @@ mod tests {
 }
 pub mod sink_support;
 pub mod source_support;
+pub mod private_cluster;
