@@ -1,83 +1,39 @@
-//! Uploads and the commit protocol.
+//! The commit side of the sink: follows each partition's segments from their close to their
+//! durability (`tracker.rs`), runs their files' uploads (`uploads.rs`), and commits offsets,
+//! recorded boundaries and dead letters (`committer.rs`).
 //!
-//! Per partition, sealed segments queue up in offset order. A segment's files upload
-//! concurrently; its offsets are committed once every file of it and of every earlier segment is
-//! durable: the committable offset is the start of the oldest segment not yet durable, else the
-//! start of the open segment, else the next offset.
-//!
-//! Boundaries that a replay reproduces by itself (max records, bytes, record-time age) need
-//! nothing more. A wall-clock boundary (idle, memory, drain) is *sealed* first: once every earlier
-//! segment is committed, the segment's start is committed again with metadata
-//! `form-etl-seal:{start}:{end}`, and only then may its objects (and those of any later segment
-//! of the partition) become visible (PutObject / CompleteMultipartUpload, or the rename of a
-//! `file://` output). A restart reads that metadata and closes the replayed segment at exactly
-//! `end`, so it rewrites the same keys with the same rows and leaves no object holding rows of
-//! another.
+//! The protocol, per partition (see `seal.rs` for why):
+//! 1. The pipeline closes a segment (any reason) and hands its files over; their parts upload at
+//!    once, but no object becomes visible yet.
+//! 2. The next commit (started as soon as one runs no more) records the segment's boundaries and
+//!    keys in the group's offset metadata; only then does its gate open and its objects become
+//!    visible (PutObject / CompleteMultipartUpload, or the rename of a `file://` output).
+//! 3. Once every object of the segment is durable (and every stale object of an earlier run
+//!    deleted), a commit moves the offset past it; until then every commit keeps it recorded.
 //!
 //! Offsets and dead letters are committed in one Kafka transaction
 //! (`send_offsets_to_transaction`): a dead letter is sent by the transaction that commits its
 //! source offset, so the DLQ is exactly once too.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use connector_common::dlq::DlqInfo;
-use connector_common::retry::RetryPolicy;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, watch};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::avro::FinishedFile;
-use crate::pipeline::{BudgetGuard, DeadLetter, Event, Seal, SealedSegment};
-use crate::sink::SinkContext;
-use crate::tables::Table;
-use crate::upload::{Multipart, Part, Uploader, retry_forever};
+use crate::committer::{CommitError, CommitPlan, KafkaCommitter, PlannedPartition};
+use crate::keys::object_key;
+use crate::pipeline::{Event, SealedSegment};
+use crate::seal::{Keys, Recorded};
+use crate::store::Multipart;
+use crate::tracker::{PartitionTrack, Tracker};
+use crate::uploads::{FileDone, FileId, FileMsg, Outcome, UploadCtx, abort_upload, run_file};
 
-/// Prefix of the consumer-group offset metadata that seals a wall-clock boundary.
-pub(crate) const SEAL_PREFIX: &str = "form-etl-seal:";
-
-pub(crate) fn seal_metadata(start: i64, end: i64) -> String {
-    format!("{SEAL_PREFIX}{start}:{end}")
-}
-
-/// The seal recorded with a committed offset, if it applies to that offset.
-pub(crate) fn parse_seal(committed: i64, metadata: &str) -> Option<Seal> {
-    let rest = metadata.strip_prefix(SEAL_PREFIX)?;
-    let (s, e) = rest.split_once(':')?;
-    let seal = Seal {
-        start: s.parse().ok()?,
-        end: e.parse().ok()?,
-    };
-    (seal.start == committed && seal.end > seal.start).then_some(seal)
-}
-
-/// Messages to one file's upload task.
-#[derive(Debug)]
-enum FileMsg {
-    Part(Vec<u8>, BudgetGuard),
-    Finish {
-        file: FinishedFile,
-        gate: watch::Receiver<bool>,
-        budget: BudgetGuard,
-    },
-}
-
-/// A file is durable.
-#[derive(Debug)]
-pub(crate) struct FileDone {
-    file_id: u64,
-    partition: i32,
-    epoch: u64,
-    table: Table,
-    bytes: u64,
-}
+/// File ids handed out here (deletions of stale objects) count down from the top, away from
+/// the pipeline's, which count up from 0.
+const FIRST_DELETE_ID: u64 = u64::MAX;
 
 #[derive(Debug)]
 struct FileTrack {
@@ -88,189 +44,27 @@ struct FileTrack {
     multipart: Arc<Mutex<Option<Multipart>>>,
 }
 
-#[derive(Debug)]
-struct SegmentTrack {
-    start: i64,
-    end: i64,
-    deterministic: bool,
-    seal_committed: bool,
-    first_ts_ms: Option<i64>,
-    gate: watch::Sender<bool>,
-    pending: HashSet<u64>,
-}
-
-impl SegmentTrack {
-    fn durable(&self) -> bool {
-        self.pending.is_empty() && (self.deterministic || self.seal_committed)
-    }
-}
-
-#[derive(Debug)]
-struct PartitionTrack {
-    epoch: u64,
-    next_offset: Option<i64>,
-    open: Option<(i64, Option<i64>)>,
-    segments: VecDeque<SegmentTrack>,
-    committed: Option<(i64, String)>,
-    dlq: Vec<DeadLetter>,
-}
-
-impl PartitionTrack {
-    /// What this partition's offset commit should be now: (offset, metadata).
-    fn wanted(&self) -> Option<(i64, String)> {
-        if let Some(front) = self.segments.front()
-            && !front.deterministic
-            && !front.seal_committed
-        {
-            return Some((front.start, seal_metadata(front.start, front.end)));
-        }
-        let next = self.next_offset?;
-        let mut c = next;
-        if let Some(front) = self.segments.front() {
-            c = c.min(front.start);
-        }
-        if let Some((start, _)) = self.open {
-            c = c.min(start);
-        }
-        Some((c, String::new()))
-    }
-
-    fn update_gates(&self) {
-        let mut open = true;
-        for s in &self.segments {
-            if !s.deterministic && !s.seal_committed {
-                open = false;
-            }
-            if open && !*s.gate.borrow() {
-                s.gate.send_replace(true);
-            }
-        }
-    }
-}
-
-/// Commits offsets (and dead letters) in one Kafka transaction.
-pub(crate) struct TxnCommitter {
-    pub(crate) producer: ThreadedProducer<DefaultProducerContext>,
-    pub(crate) consumer: Arc<StreamConsumer<SinkContext>>,
-    pub(crate) topic: String,
-    pub(crate) dlq_topic: String,
-    pub(crate) connector: String,
-    pub(crate) timeout: Duration,
-}
-
-impl std::fmt::Debug for TxnCommitter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TxnCommitter")
-            .field("topic", &self.topic)
-            .finish()
-    }
-}
-
-/// A commit that failed: `fatal` ones stop the sink (the producer was fenced or broken).
-#[derive(Debug, thiserror::Error)]
-#[error("committing offsets of `{topic}`: {source}")]
-pub(crate) struct CommitError {
-    topic: String,
-    fatal: bool,
-    #[source]
-    source: KafkaError,
-}
-
-impl TxnCommitter {
-    fn commit(
-        &self,
-        offsets: &[(i32, i64, String)],
-        letters: &[(i32, DeadLetter)],
-    ) -> Result<(), CommitError> {
-        let res = self.try_commit(offsets, letters);
-        if let Err(e) = &res {
-            let fatal = matches!(e, KafkaError::Transaction(t) if t.is_fatal());
-            if !fatal && let Err(abort) = self.producer.abort_transaction(self.timeout) {
-                warn!(error = %abort, "Aborting the failed transaction failed too.");
-            }
-            return res.map_err(|source| CommitError {
-                topic: self.topic.clone(),
-                fatal,
-                source,
-            });
-        }
-        Ok(())
-    }
-
-    fn try_commit(
-        &self,
-        offsets: &[(i32, i64, String)],
-        letters: &[(i32, DeadLetter)],
-    ) -> Result<(), KafkaError> {
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
-        self.producer.begin_transaction()?;
-        for (partition, l) in letters {
-            let info = DlqInfo {
-                reason: l.reason,
-                detail: l.detail.clone(),
-                connector: self.connector.clone(),
-                topic: self.topic.clone(),
-                partition: *partition,
-                offset: l.offset,
-            };
-            let headers = info.headers(None::<&OwnedHeaders>);
-            let mut rec: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(&self.dlq_topic).headers(headers);
-            if let Some(k) = &l.key {
-                rec = rec.key(k.as_slice());
-            }
-            if let Some(v) = &l.value {
-                rec = rec.payload(v.as_slice());
-            }
-            loop {
-                match self.producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        rec = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => return Err(e),
-                }
-            }
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (p, off, meta) in offsets {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*off))?;
-            if !meta.is_empty()
-                && let Some(mut e) = tpl.find_partition(&self.topic, *p)
-            {
-                e.set_metadata(meta.as_str());
-            }
-        }
-        self.producer
-            .send_offsets_to_transaction(&tpl, &group, self.timeout)?;
-        self.producer.commit_transaction(self.timeout)?;
-        Ok(())
-    }
-}
-
 /// A commit running on a blocking thread (see [`Manager::start_commit`]).
 #[derive(Debug)]
 pub(crate) struct RunningCommit {
-    offsets: Vec<(i32, i64, String)>,
-    letters: Vec<(i32, DeadLetter)>,
+    plan: Arc<CommitPlan>,
     /// The transaction; its result goes to [`Manager::finish_commit`].
-    pub(crate) task: tokio::task::JoinHandle<Result<(), CommitError>>,
+    pub(crate) task: JoinHandle<Result<Vec<i32>, CommitError>>,
 }
 
 /// Tracks segments, runs the uploads, and commits.
 pub(crate) struct Manager {
-    uploader: Uploader,
-    retry: RetryPolicy,
-    committer: Arc<TxnCommitter>,
-    partitions: HashMap<i32, PartitionTrack>,
+    ctx: Arc<UploadCtx>,
+    committer: Arc<KafkaCommitter>,
+    tracker: Tracker,
+    topic: String,
+    prefix: String,
     files: HashMap<u64, FileTrack>,
-    done_tx: mpsc::UnboundedSender<FileDone>,
     pub(crate) done_rx: mpsc::UnboundedReceiver<FileDone>,
+    next_delete_id: u64,
     pub(crate) drained: bool,
+    /// A file that failed for good: the sink stops (its range is replayed by the next run).
+    pub(crate) failure: Option<String>,
     /// Totals for the progress line.
     pub(crate) files_uploaded: u64,
     pub(crate) bytes_uploaded: u64,
@@ -280,7 +74,7 @@ pub(crate) struct Manager {
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
-            .field("partitions", &self.partitions.len())
+            .field("partitions", &self.tracker.partitions.len())
             .field("files", &self.files.len())
             .finish()
     }
@@ -288,44 +82,48 @@ impl std::fmt::Debug for Manager {
 
 impl Manager {
     pub(crate) fn new(
-        uploader: Uploader,
-        retry: RetryPolicy,
-        committer: Arc<TxnCommitter>,
+        ctx: Arc<UploadCtx>,
+        done_rx: mpsc::UnboundedReceiver<FileDone>,
+        committer: Arc<KafkaCommitter>,
+        topic: String,
+        prefix: String,
     ) -> Self {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
-            uploader,
-            retry,
+            ctx,
             committer,
-            partitions: HashMap::new(),
+            tracker: Tracker::default(),
+            topic,
+            prefix,
             files: HashMap::new(),
-            done_tx,
             done_rx,
+            next_delete_id: FIRST_DELETE_ID,
             drained: false,
+            failure: None,
             files_uploaded: 0,
             bytes_uploaded: 0,
             dlq_sent: 0,
         }
     }
 
-    pub(crate) fn assign(&mut self, partition: i32, epoch: u64, committed: Option<i64>) {
+    /// A partition assigned at `committed` (offset and metadata), with the segments an
+    /// earlier run recorded there.
+    pub(crate) fn assign(
+        &mut self,
+        partition: i32,
+        epoch: u64,
+        committed: Option<(i64, String)>,
+        recorded: &[Recorded],
+    ) {
         self.revoke(partition);
-        self.partitions.insert(
+        self.tracker.partitions.insert(
             partition,
-            PartitionTrack {
-                epoch,
-                next_offset: None,
-                open: None,
-                segments: VecDeque::new(),
-                committed: committed.map(|c| (c, String::new())),
-                dlq: Vec::new(),
-            },
+            PartitionTrack::assigned(epoch, committed, recorded),
         );
     }
 
     /// Abandons everything of `partition`: uploads stop, nothing more is committed for it.
     pub(crate) fn revoke(&mut self, partition: i32) {
-        self.partitions.remove(&partition);
+        self.tracker.partitions.remove(&partition);
         let ids: Vec<u64> = self
             .files
             .iter()
@@ -333,20 +131,8 @@ impl Manager {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            let f = self.files.remove(&id).expect("listed");
-            f.task.abort();
-            let mp = f.multipart.lock().expect("multipart lock").take();
-            if let Some(mp) = mp {
-                let up = self.uploader.clone();
-                tokio::spawn(async move { up.abort(&f.key, &mp).await });
-            }
+            self.abandon_file(id);
         }
-    }
-
-    fn current(&mut self, partition: i32, epoch: u64) -> Option<&mut PartitionTrack> {
-        self.partitions
-            .get_mut(&partition)
-            .filter(|p| p.epoch == epoch)
     }
 
     pub(crate) fn on_event(&mut self, ev: Event) {
@@ -357,13 +143,21 @@ impl Manager {
                 file_id,
                 key,
                 table,
+                first,
                 body,
                 budget,
             } => {
-                if self.current(partition, epoch).is_none() {
+                if self.tracker.current(partition, epoch).is_none() {
                     return;
                 }
-                let f = self.file(file_id, partition, epoch, key, table);
+                let f = self.file(FileId {
+                    id: file_id,
+                    partition,
+                    epoch,
+                    table,
+                    key,
+                    first,
+                });
                 let _ = f.tx.send(FileMsg::Part(body, budget));
             }
             Event::Sealed(seg) => self.sealed(seg),
@@ -373,7 +167,7 @@ impl Manager {
                 next_offset,
                 open,
             } => {
-                if let Some(p) = self.current(partition, epoch) {
+                if let Some(p) = self.tracker.current(partition, epoch) {
                     p.next_offset = Some(next_offset);
                     p.open = open;
                 }
@@ -383,11 +177,35 @@ impl Manager {
                 epoch,
                 letter,
             } => {
-                if let Some(p) = self.current(partition, epoch) {
+                if let Some(p) = self.tracker.current(partition, epoch) {
                     p.dlq.push(letter);
                 }
             }
+            Event::Abandoned {
+                partition,
+                epoch,
+                file_ids,
+            } => {
+                if self.tracker.current(partition, epoch).is_some() {
+                    for id in file_ids {
+                        self.abandon_file(id);
+                    }
+                }
+            }
             Event::Drained => self.drained = true,
+        }
+    }
+
+    /// Stops a file's upload and aborts its multipart upload, if any.
+    fn abandon_file(&mut self, id: u64) {
+        let Some(f) = self.files.remove(&id) else {
+            return;
+        };
+        f.task.abort();
+        let mp = f.multipart.lock().expect("multipart lock").take();
+        if let Some(mp) = mp {
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move { abort_upload(&ctx, &f.key, &mp).await });
         }
     }
 
@@ -399,67 +217,87 @@ impl Manager {
             end,
             reason,
             first_ts_ms,
+            fingerprint,
             files,
         } = seg;
-        if self.current(partition, epoch).is_none() {
+        let Some(p) = self.tracker.current(partition, epoch) else {
             return;
-        }
-        let (gate, _) = watch::channel(false);
-        let mut pending = HashSet::new();
+        };
+        let keys: Keys = files.iter().map(|f| (f.table, f.day)).collect();
+        let (stale, track) = match p.closed(start, end, keys, &fingerprint, first_ts_ms) {
+            Ok(v) => v,
+            Err(bug) => {
+                // A bug of ours: stop rather than write objects no record covers.
+                self.failure = Some(format!("partition {partition}: {bug}"));
+                return;
+            }
+        };
+        debug!(
+            partition,
+            start,
+            end,
+            reason = reason.as_str(),
+            files = files.len(),
+            stale = stale.len(),
+            "Segment handed to the uploads."
+        );
+        let gate = track.gate.clone();
+        let mut pending = Vec::new();
         for f in files {
-            pending.insert(f.file_id);
-            let gate_rx = gate.subscribe();
-            let track = self.file(f.file_id, partition, epoch, f.key, f.table);
+            pending.push(f.file_id);
+            let track = self.file(FileId {
+                id: f.file_id,
+                partition,
+                epoch,
+                table: f.table,
+                key: f.key,
+                first: start,
+            });
             let _ = track.tx.send(FileMsg::Finish {
                 file: f.file,
-                gate: gate_rx,
+                end,
+                gate: gate.subscribe(),
                 budget: f.budget,
             });
         }
-        let p = self.partitions.get_mut(&partition).expect("current");
-        p.segments.push_back(SegmentTrack {
-            start,
-            end,
-            deterministic: reason.is_deterministic(),
-            seal_committed: false,
-            first_ts_ms,
-            gate,
-            pending,
-        });
-        p.update_gates();
+        for (table, day) in stale {
+            let id = self.next_delete_id;
+            self.next_delete_id -= 1;
+            pending.push(id);
+            let key = object_key(
+                &self.prefix,
+                table.as_str(),
+                &form_model::day_to_date(day),
+                &self.topic,
+                partition,
+                start,
+            );
+            let track = self.file(FileId {
+                id,
+                partition,
+                epoch,
+                table,
+                key,
+                first: start,
+            });
+            let _ = track.tx.send(FileMsg::Delete {
+                gate: gate.subscribe(),
+            });
+        }
+        if let Some(p) = self.tracker.current(partition, epoch)
+            && let Some(s) = p.segments.iter_mut().find(|s| s.start == start)
+        {
+            s.pending.extend(pending);
+        }
     }
 
-    fn file(
-        &mut self,
-        file_id: u64,
-        partition: i32,
-        epoch: u64,
-        key: String,
-        table: Table,
-    ) -> &FileTrack {
-        let (uploader, retry, done) = (
-            self.uploader.clone(),
-            self.retry.clone(),
-            self.done_tx.clone(),
-        );
-        self.files.entry(file_id).or_insert_with(|| {
+    fn file(&mut self, file: FileId) -> &FileTrack {
+        let ctx = self.ctx.clone();
+        self.files.entry(file.id).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let multipart = Arc::new(Mutex::new(None));
-            let task = tokio::spawn(upload_file(
-                uploader,
-                retry,
-                key.clone(),
-                rx,
-                multipart.clone(),
-                done,
-                FileDone {
-                    file_id,
-                    partition,
-                    epoch,
-                    table,
-                    bytes: 0,
-                },
-            ));
+            let (partition, key) = (file.partition, file.key.clone());
+            let task = tokio::spawn(run_file(ctx, file, rx, multipart.clone()));
             FileTrack {
                 partition,
                 key,
@@ -472,36 +310,52 @@ impl Manager {
 
     pub(crate) fn on_done(&mut self, done: FileDone) {
         self.files.remove(&done.file_id);
-        let Some(p) = self.current(done.partition, done.epoch) else {
+        let Some(p) = self.tracker.current(done.partition, done.epoch) else {
             return;
         };
-        for s in p.segments.iter_mut() {
-            if s.pending.remove(&done.file_id) {
-                break;
+        match done.outcome {
+            Outcome::Durable => {
+                p.done(done.file_id);
+                if done.file_id <= FIRST_DELETE_ID / 2 {
+                    self.files_uploaded += 1;
+                    self.bytes_uploaded += done.bytes;
+                    metrics::counter!("s3_sink_files_total", "table" => done.table.as_str())
+                        .increment(1);
+                    metrics::counter!("s3_sink_bytes_total", "table" => done.table.as_str())
+                        .increment(done.bytes);
+                }
+            }
+            Outcome::Abandoned => {}
+            Outcome::Failed(msg) => {
+                metrics::counter!("s3_sink_upload_failures_total", "table" => done.table.as_str())
+                    .increment(1);
+                self.failure.get_or_insert(msg);
             }
         }
-        self.files_uploaded += 1;
-        self.bytes_uploaded += done.bytes;
-        metrics::counter!("s3_sink_files_total", "table" => done.table.as_str()).increment(1);
-        metrics::counter!("s3_sink_bytes_total", "table" => done.table.as_str())
-            .increment(done.bytes);
     }
 
     /// Nothing in flight and everything committed (the end of a drain).
     pub(crate) fn quiescent(&self) -> bool {
-        self.partitions.values().all(|p| {
-            p.segments.iter().all(|s| s.durable())
-                && (p.wanted().is_none() || p.wanted() == p.committed)
-        }) && self
+        self.tracker.partitions.values().all(|p| {
+            p.segments.iter().all(|s| s.durable() || s.replay)
+                && p.wanted().is_none_or(|w| p.holds(&w))
+        })
+    }
+
+    /// Whether a closed segment waits for its boundaries to be recorded (its objects stay
+    /// invisible until a commit does it): the loop commits at once rather than at the interval.
+    pub(crate) fn needs_record(&self) -> bool {
+        self.tracker
             .partitions
             .values()
-            .all(|p| p.segments.iter().all(|s| s.pending.is_empty()))
+            .any(|p| p.wanted().is_some_and(|w| p.needs_record(&w)))
     }
 
     /// Age in seconds of the oldest record whose rows are not yet durable in S3.
     pub(crate) fn oldest_pending_age(&self) -> f64 {
         let now = chrono::Utc::now().timestamp_millis();
         let oldest = self
+            .tracker
             .partitions
             .values()
             .flat_map(|p| {
@@ -515,100 +369,88 @@ impl Manager {
         oldest.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
     }
 
-    /// Commits whatever became committable, and waits for it. `Err` only for a fatal
-    /// producer error.
-    pub(crate) async fn commit_round(&mut self) -> Result<(), CommitError> {
-        match self.start_commit() {
-            Some(mut running) => {
-                let result = (&mut running.task).await;
-                self.finish_commit(running, result)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Starts committing whatever became committable, on a blocking thread: the loop goes on
-    /// consuming meanwhile. `None` when there is nothing new to commit. The caller awaits
-    /// [`RunningCommit::task`] and hands the result to [`Manager::finish_commit`]; one commit
-    /// runs at a time (the producer has one transaction open at most).
-    pub(crate) fn start_commit(&mut self) -> Option<RunningCommit> {
-        let mut offsets = Vec::new();
+    /// Starts committing whatever changed, on a blocking thread: the loop goes on consuming
+    /// meanwhile. `group` is the consumer's group metadata now (taken on the loop's thread, so
+    /// it belongs to the current assignment). `None` when there is nothing to commit. One
+    /// commit runs at a time (the producer has one transaction open at most).
+    pub(crate) fn start_commit(&mut self, group: ConsumerGroupMetadata) -> Option<RunningCommit> {
+        let mut partitions = Vec::new();
         let mut letters = Vec::new();
-        for (part, p) in self.partitions.iter_mut() {
-            while p.segments.front().is_some_and(|s| s.durable()) {
-                p.segments.pop_front();
-            }
+        for (part, p) in self.tracker.partitions.iter_mut() {
+            p.pop_durable();
             let Some(wanted) = p.wanted() else { continue };
-            if p.committed.as_ref() == Some(&wanted) {
+            if p.holds(&wanted) {
                 continue;
             }
             letters.extend(
                 p.dlq
                     .iter()
-                    .filter(|l| l.offset < wanted.0)
-                    .map(|l| (*part, l.clone())),
+                    .filter(|l| l.offset < wanted.offset)
+                    .map(|l| (*part, p.epoch, l.clone())),
             );
-            offsets.push((*part, wanted.0, wanted.1));
+            partitions.push(PlannedPartition {
+                partition: *part,
+                epoch: p.epoch,
+                wanted,
+            });
         }
-        if offsets.is_empty() {
+        if partitions.is_empty() {
             return None;
         }
-        let committer = self.committer.clone();
-        let (o, l) = (offsets.clone(), letters.clone());
-        let task = tokio::task::spawn_blocking(move || committer.commit(&o, &l));
-        Some(RunningCommit {
-            offsets,
+        let plan = Arc::new(CommitPlan {
+            group,
+            partitions,
             letters,
-            task,
-        })
+        });
+        let committer = self.committer.clone();
+        let p = plan.clone();
+        let task = tokio::task::spawn_blocking(move || committer.commit(&p));
+        Some(RunningCommit { plan, task })
     }
 
-    /// Applies the outcome of a commit started by [`Manager::start_commit`]. A partition
-    /// revoked meanwhile is skipped; one assigned again meanwhile read its committed offset
-    /// after this commit (a `read_committed` consumer's offset fetch waits for pending
-    /// transactional offsets), so the result holds for it too.
+    /// Applies the outcome of a commit started by [`Manager::start_commit`], to the partitions
+    /// it committed that are still assigned in the same epoch (a partition revoked meanwhile
+    /// was handed over after the commit: the revoke waited for it).
     pub(crate) fn finish_commit(
         &mut self,
         running: RunningCommit,
-        result: Result<Result<(), CommitError>, tokio::task::JoinError>,
+        result: Result<Result<Vec<i32>, CommitError>, tokio::task::JoinError>,
     ) -> Result<(), CommitError> {
-        let RunningCommit {
-            offsets, letters, ..
-        } = running;
+        let plan = running.plan;
         match result.expect("commit task panicked") {
-            Ok(()) => {
-                self.dlq_sent += letters.len() as u64;
-                for (_, l) in &letters {
-                    metrics::counter!("s3_sink_dlq_sent_total", "reason" => l.reason.as_str())
-                        .increment(1);
-                }
-                for (part, off, meta) in offsets {
-                    let Some(p) = self.partitions.get_mut(&part) else {
+            Ok(committed) => {
+                for pp in plan
+                    .partitions
+                    .iter()
+                    .filter(|p| committed.contains(&p.partition))
+                {
+                    let Some(p) = self.tracker.current(pp.partition, pp.epoch) else {
                         continue;
                     };
-                    p.dlq.retain(|l| l.offset >= off);
-                    if !meta.is_empty()
-                        && let Some(front) = p.segments.front_mut()
-                        && front.start == off
-                    {
-                        front.seal_committed = true;
+                    let sent = p.dlq.iter().filter(|l| l.offset < pp.wanted.offset).count();
+                    for l in p.dlq.iter().filter(|l| l.offset < pp.wanted.offset) {
+                        metrics::counter!("s3_sink_dlq_sent_total", "reason" => l.reason.as_str())
+                            .increment(1);
+                    }
+                    self.dlq_sent += sent as u64;
+                    let newly = p.segments.iter().filter(|s| !s.recorded_whole()).count();
+                    p.committed(&pp.wanted);
+                    let recorded =
+                        newly - p.segments.iter().filter(|s| !s.recorded_whole()).count();
+                    if recorded > 0 {
                         debug!(
-                            partition = part,
-                            start = front.start,
-                            end = front.end,
-                            "Boundary sealed."
+                            partition = pp.partition,
+                            recorded, "Segment boundaries recorded."
                         );
                     }
-                    p.committed = Some((off, meta));
-                    p.update_gates();
-                    metrics::gauge!("s3_sink_committed_offset", "partition" => part.to_string())
-                        .set(off as f64);
+                    metrics::gauge!("s3_sink_committed_offset", "partition" => pp.partition.to_string())
+                        .set(pp.wanted.offset as f64);
                 }
                 Ok(())
             }
             Err(e) if e.fatal => Err(e),
             Err(e) => {
-                warn!(error = %e, "Commit failed; it is retried (offsets stay uncommitted meanwhile).");
+                warn!(error = %e, "Commit failed (aborted); it is retried (offsets stay uncommitted meanwhile).");
                 metrics::counter!("component_errors_total", "error_type" => "commit_failed", "stage" => "sending").increment(1);
                 Ok(())
             }
@@ -618,6 +460,7 @@ impl Manager {
     /// `partition → committed offset` for the progress line.
     pub(crate) fn committed_summary(&self) -> String {
         let mut v: Vec<_> = self
+            .tracker
             .partitions
             .iter()
             .map(|(p, t)| (*p, t.committed.as_ref().map(|c| c.0)))
@@ -628,125 +471,18 @@ impl Manager {
             .collect::<Vec<_>>()
             .join(",")
     }
-}
 
-async fn upload_file(
-    uploader: Uploader,
-    retry: RetryPolicy,
-    key: String,
-    mut rx: mpsc::UnboundedReceiver<FileMsg>,
-    slot: Arc<Mutex<Option<Multipart>>>,
-    done: mpsc::UnboundedSender<FileDone>,
-    mut report: FileDone,
-) {
-    let mut parts: Vec<Part> = Vec::new();
-    let mut next_part = 2;
-    let puts = metrics::counter!("s3_sink_puts_total", "table" => report.table.as_str());
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            FileMsg::Part(body, budget) => {
-                let mp = ensure_multipart(&uploader, &retry, &key, &slot).await;
-                let body = bytes::Bytes::from(body);
-                report.bytes += body.len() as u64;
-                let n = next_part;
-                let part = retry_forever(&retry, "UploadPart", &key, || {
-                    uploader.upload_part(&key, &mp, n, body.clone())
-                })
-                .await;
-                puts.increment(1);
-                next_part += 1;
-                parts.push(part);
-                drop(budget);
-            }
-            FileMsg::Finish {
-                file,
-                mut gate,
-                budget,
-            } => {
-                report.bytes += (file.head.len() + file.tail.len()) as u64;
-                let mp = slot.lock().expect("multipart lock").clone();
-                match mp {
-                    None => {
-                        if gate.wait_for(|open| *open).await.is_err() {
-                            return;
-                        }
-                        let mut body = file.head;
-                        body.extend_from_slice(&file.tail);
-                        // Shared by every attempt (no copy of the file per retry).
-                        let body = bytes::Bytes::from(body);
-                        retry_forever(&retry, "PutObject", &key, || {
-                            uploader.put(&key, body.clone())
-                        })
-                        .await;
-                        puts.increment(1);
-                    }
-                    Some(mp) => {
-                        let head = bytes::Bytes::from(file.head);
-                        let p1 = retry_forever(&retry, "UploadPart", &key, || {
-                            uploader.upload_part(&key, &mp, 1, head.clone())
-                        })
-                        .await;
-                        puts.increment(1);
-                        parts.push(p1);
-                        if !file.tail.is_empty() {
-                            let tail = bytes::Bytes::from(file.tail);
-                            let n = next_part;
-                            let pn = retry_forever(&retry, "UploadPart", &key, || {
-                                uploader.upload_part(&key, &mp, n, tail.clone())
-                            })
-                            .await;
-                            puts.increment(1);
-                            parts.push(pn);
-                        }
-                        if gate.wait_for(|open| *open).await.is_err() {
-                            return;
-                        }
-                        retry_forever(&retry, "CompleteMultipartUpload", &key, || {
-                            uploader.complete(&key, &mp, parts.clone())
-                        })
-                        .await;
-                        puts.increment(1);
-                        slot.lock().expect("multipart lock").take();
-                    }
-                }
-                drop(budget);
-                debug!(key, bytes = report.bytes, "File uploaded.");
-                let _ = done.send(report);
-                return;
+    /// Logs the partitions' state (at the end of a drain that timed out).
+    pub(crate) fn log_unfinished(&self) {
+        for (p, t) in &self.tracker.partitions {
+            let waiting: Vec<(i64, i64, bool, usize)> = t
+                .segments
+                .iter()
+                .map(|s| (s.start, s.end, s.recorded_whole(), s.pending.len()))
+                .collect();
+            if !waiting.is_empty() {
+                info!(partition = p, committed = ?t.committed.as_ref().map(|c| c.0), segments = ?waiting, "Not durable: left for the next run (start, end, recorded, files in flight).");
             }
         }
-    }
-}
-
-async fn ensure_multipart(
-    uploader: &Uploader,
-    retry: &RetryPolicy,
-    key: &str,
-    slot: &Mutex<Option<Multipart>>,
-) -> Multipart {
-    if let Some(mp) = slot.lock().expect("multipart lock").clone() {
-        return mp;
-    }
-    let mp = retry_forever(retry, "CreateMultipartUpload", key, || {
-        uploader.create_multipart(key)
-    })
-    .await;
-    *slot.lock().expect("multipart lock") = Some(mp.clone());
-    info!(key, "Streaming a large file with a multipart upload.");
-    mp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seal_metadata_round_trip() {
-        let m = seal_metadata(10, 42);
-        assert_eq!(parse_seal(10, &m), Some(Seal { start: 10, end: 42 }));
-        // A seal recorded with another offset is stale.
-        assert_eq!(parse_seal(11, &m), None);
-        assert_eq!(parse_seal(10, ""), None);
-        assert_eq!(parse_seal(10, "form-etl-seal:10:5"), None);
     }
 }

@@ -14,7 +14,9 @@ use connector_common::{ByteSize, Secret};
 use serde::Deserialize;
 
 use crate::rolling::RollingPolicy;
-use crate::upload::Uploader;
+use std::sync::Arc;
+
+use crate::store::{FsStore, ObjectStore, S3Store};
 
 /// Default config file of the binary.
 pub(crate) const DEFAULT_CONFIG: &str = "config/form-s3-sink.yaml";
@@ -101,10 +103,17 @@ pub(crate) struct CommitConfig {
     /// Timeout of each transaction step.
     #[serde(with = "connector_common::duration")]
     pub(crate) timeout: Duration,
+    /// How long a drain (SIGTERM, `--max-records`) may take to upload and commit what is open;
+    /// past it the sink exits without committing what is not durable (the next run replays it).
+    #[serde(with = "connector_common::duration")]
+    pub(crate) drain_timeout: Duration,
 }
 
 /// Durable progress is committed at most this often (Kafka Connect's S3 sink commits per file).
 const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// A drain waits this long for its uploads and commits (Kubernetes' default grace period is
+/// 30 s: the same, so a drain that cannot finish ends before the SIGKILL).
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// librdkafka's `transaction.timeout.ms` default is 60 s; a step waits at most this long.
 const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -114,6 +123,7 @@ impl Default for CommitConfig {
             interval: DEFAULT_COMMIT_INTERVAL,
             transactional_id: None,
             timeout: DEFAULT_COMMIT_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -230,7 +240,11 @@ pub(crate) struct S3Config {
     /// Multipart part size (S3 needs at least 5 MiB but for the last part).
     #[serde(default = "default_part_size")]
     pub(crate) part_size: ByteSize,
-    /// Backoff of failed S3 requests (retried for ever: an outage stalls the sink).
+    /// Retries of failed S3 requests: transient errors (the server away, throttling,
+    /// timeouts) are retried up to `max-attempts` attempts (absent, the default: for ever, so an
+    /// outage stalls the sink), permanent ones (access denied, no such bucket) at most 5 times;
+    /// then the sink stops with the error, without committing the range (the next run replays
+    /// it).
     #[serde(default)]
     pub(crate) retry: RetryPolicy,
 }
@@ -326,17 +340,22 @@ impl S3Config {
         }
     }
 
+    /// Whether the output is a local directory (`file://`).
+    pub(crate) fn is_local(&self) -> bool {
+        self.endpoint
+            .as_ref()
+            .is_some_and(|ep| ep.scheme() == "file")
+    }
+
     /// Where `s3://bucket/key` goes: `file://` or an S3 client.
-    pub(crate) async fn uploader(&self) -> Uploader {
+    pub(crate) async fn store(&self) -> Arc<dyn ObjectStore> {
         if let Some(ep) = &self.endpoint
             && ep.scheme() == "file"
         {
             let dir = ep
                 .to_file_path()
                 .unwrap_or_else(|_| PathBuf::from(ep.path()));
-            return Uploader::File {
-                root: dir.join(&self.bucket),
-            };
+            return Arc::new(FsStore::new(dir.join(&self.bucket)));
         }
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(self.region.clone()));
@@ -360,10 +379,10 @@ impl S3Config {
         if let Some(ep) = &self.endpoint {
             b = b.endpoint_url(ep.as_str().trim_end_matches('/'));
         }
-        Uploader::S3 {
-            client: aws_sdk_s3::Client::from_conf(b.build()),
-            bucket: self.bucket.clone(),
-        }
+        Arc::new(S3Store::new(
+            aws_sdk_s3::Client::from_conf(b.build()),
+            self.bucket.clone(),
+        ))
     }
 }
 
@@ -390,7 +409,7 @@ mod tests {
     }
 
     const BASE: &str = "apiVersion: 0.2.0
-meta: {name: s, type: s3-sink, version: 0.1.0, topic: form.enriched}
+meta: {name: s, type: s3-sink, version: 0.1.0, topic: {meta: {name: form.enriched}}}
 kafka: {brokers: 127.0.0.1:9092, topic: form.enriched}
 transforms: [{uses: form-flatten}]
 s3:

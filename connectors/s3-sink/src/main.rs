@@ -3,14 +3,18 @@
 
 mod avro;
 mod commit;
+mod committer;
 mod config;
 mod keys;
 mod pipeline;
 mod rolling;
+mod seal;
 mod sink;
+mod store;
 mod tables;
+mod tracker;
 mod transform;
-mod upload;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

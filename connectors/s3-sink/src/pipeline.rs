@@ -7,10 +7,14 @@
 //!
 //! A partition's records are cut into *segments* at partition-wide offsets: every file of a
 //! segment (both tables, every event date) starts at the segment's first offset, which names
-//! them, and they all close at the same boundary. See `rolling.rs` for which boundaries a replay
-//! reproduces by itself and `commit.rs` for the others.
+//! them, and they all close at the same boundary. Whatever closes a segment (`rolling.rs`), its
+//! boundaries are recorded in the consumer group before its objects become visible
+//! (`commit.rs`, `seal.rs`). A replay of recorded segments closes them exactly where they were
+//! recorded and names their files by the recorded starts; nothing else closes a segment being
+//! replayed (no rolling rule, drain, memory flush or module swap): a drain abandons it instead,
+//! for the next run to replay.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,9 +49,10 @@ impl InRecord {
     }
 }
 
-/// A boundary sealed by an earlier run: the segment starting at `start` must end at `end`.
+/// A segment recorded by an earlier run: the replay names its files by `start` and closes it
+/// at `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Seal {
+pub(crate) struct Replay {
     pub(crate) start: i64,
     pub(crate) end: i64,
 }
@@ -58,7 +63,7 @@ pub(crate) enum Cmd {
     Assign {
         partition: i32,
         epoch: u64,
-        seal: Option<Seal>,
+        replay: Vec<Replay>,
     },
     Revoke {
         partition: i32,
@@ -111,6 +116,8 @@ pub(crate) struct SealedFile {
     pub(crate) file_id: u64,
     pub(crate) key: String,
     pub(crate) table: Table,
+    /// Its event day (days since 1970-01-01).
+    pub(crate) day: i64,
     pub(crate) file: FinishedFile,
     pub(crate) budget: BudgetGuard,
 }
@@ -125,6 +132,8 @@ pub(crate) struct SealedSegment {
     pub(crate) end: i64,
     pub(crate) reason: RollReason,
     pub(crate) first_ts_ms: Option<i64>,
+    /// What produced its rows (the modules' digests), for the record.
+    pub(crate) fingerprint: String,
     pub(crate) files: Vec<SealedFile>,
 }
 
@@ -148,10 +157,18 @@ pub(crate) enum Event {
         file_id: u64,
         key: String,
         table: Table,
+        /// The segment's first offset.
+        first: i64,
         body: Vec<u8>,
         budget: BudgetGuard,
     },
     Sealed(SealedSegment),
+    /// The open segment of a replay was dropped (a drain): its files' uploads are abandoned.
+    Abandoned {
+        partition: i32,
+        epoch: u64,
+        file_ids: Vec<u64>,
+    },
     /// Where a partition stands after a batch: its next offset and its open segment, if any
     /// (start offset and first record time).
     Progress {
@@ -239,6 +256,7 @@ struct OpenFile {
     id: u64,
     key: String,
     table: Table,
+    day: i64,
     enc: FileEncoder,
 }
 
@@ -254,10 +272,23 @@ struct Segment {
 struct PartitionState {
     epoch: u64,
     next_offset: Option<i64>,
-    seal: Option<Seal>,
+    /// Recorded segments still to replay, in order.
+    replay: VecDeque<Replay>,
     segment: Option<Segment>,
     last_record: Instant,
 }
+
+impl PartitionState {
+    /// Replaying recorded segments: nothing but their recorded ends may close a segment.
+    fn replaying(&self) -> bool {
+        !self.replay.is_empty()
+    }
+}
+
+/// At most this many event days in one segment: a record that would add one more closes the
+/// segment before it. Bounds the files open per partition (two tables per day) and the size of
+/// the segment's record in the offset metadata (`seal.rs`), whatever the spread of the dates.
+pub(crate) const MAX_SEGMENT_DAYS: usize = 32;
 
 /// Stands in for the transform chain while [`Pipeline::batch`] has it out of the pipeline;
 /// nothing calls it meanwhile.
@@ -348,14 +379,15 @@ impl Pipeline {
             Cmd::Assign {
                 partition,
                 epoch,
-                seal,
+                replay,
             } => {
-                if let Some(seal) = seal {
+                if let (Some(first), Some(last)) = (replay.first(), replay.last()) {
                     info!(
                         partition,
-                        start = seal.start,
-                        end = seal.end,
-                        "Replaying a sealed segment: it will close at the same offset as before."
+                        segments = replay.len(),
+                        from = first.start,
+                        to = last.end,
+                        "Replaying recorded segments: they close where they were recorded."
                     );
                 }
                 self.partitions.insert(
@@ -363,7 +395,7 @@ impl Pipeline {
                     PartitionState {
                         epoch,
                         next_offset: None,
-                        seal,
+                        replay: replay.into_iter().collect(),
                         segment: None,
                         last_record: Instant::now(),
                     },
@@ -383,7 +415,7 @@ impl Pipeline {
             }
             Cmd::Batch(records) => return self.batch(records),
             Cmd::Tick => {
-                self.transform.apply_pending();
+                self.apply_pending_modules();
                 let generation = self.transform.generation();
                 if generation != self.generation {
                     self.roll_all_for_swap(generation)?;
@@ -396,7 +428,7 @@ impl Pipeline {
                     .iter()
                     .filter(|(_, ps)| {
                         ps.segment.is_some()
-                            && ps.seal.is_none()
+                            && !ps.replaying()
                             && ps.last_record.elapsed() >= self.settings.idle_flush
                     })
                     .map(|(p, _)| *p)
@@ -412,11 +444,17 @@ impl Pipeline {
                 let open: Vec<i32> = self
                     .partitions
                     .iter()
-                    .filter(|(_, ps)| ps.segment.is_some() && ps.seal.is_none())
+                    .filter(|(_, ps)| ps.segment.is_some())
                     .map(|(p, _)| *p)
                     .collect();
                 for p in open {
-                    self.roll_at_next(p, RollReason::Drain)?;
+                    if self.partitions[&p].replaying() {
+                        if !self.abandon_replay(p) {
+                            return Ok(false);
+                        }
+                    } else {
+                        self.roll_at_next(p, RollReason::Drain)?;
+                    }
                     if !self.progress(p) {
                         return Ok(false);
                     }
@@ -425,6 +463,37 @@ impl Pipeline {
             }
         }
         Ok(true)
+    }
+
+    /// Takes a changed module the watcher has ready, unless a partition is replaying recorded
+    /// segments: those are rewritten by the modules the replay started with.
+    fn apply_pending_modules(&mut self) {
+        if !self.partitions.values().any(PartitionState::replaying) {
+            self.transform.apply_pending();
+        }
+    }
+
+    /// A drain during a replay: the open segment is dropped (its uploads abandoned, nothing
+    /// made visible), to be replayed again by the next run from the committed offset.
+    fn abandon_replay(&mut self, p: i32) -> bool {
+        let Some(ps) = self.partitions.get_mut(&p) else {
+            return true;
+        };
+        let Some(seg) = ps.segment.take() else {
+            return true;
+        };
+        info!(
+            partition = p,
+            start = seg.start,
+            "Draining during a replay: the replayed segment is left for the next run (its end is recorded)."
+        );
+        let epoch = ps.epoch;
+        let file_ids = seg.files.values().map(|f| f.id).collect();
+        self.emit(Event::Abandoned {
+            partition: p,
+            epoch,
+            file_ids,
+        })
     }
 
     fn progress(&self, partition: i32) -> bool {
@@ -456,7 +525,7 @@ impl Pipeline {
         }
         metrics::counter!("component_received_events_total").increment(records.len() as u64);
         // Modules swap only here, between batches: every record of this batch sees one version.
-        self.transform.apply_pending();
+        self.apply_pending_modules();
         let generation = self.transform.generation();
         if generation != self.generation {
             self.roll_all_for_swap(generation)?;
@@ -560,7 +629,7 @@ impl Pipeline {
     }
 
     /// Adds one record's rows to its partition's segment, rolling before/after as the policy
-    /// and any sealed boundary say.
+    /// says, or, during a replay, exactly at the recorded ends.
     fn accept(
         &mut self,
         rec: &InRecord,
@@ -568,32 +637,34 @@ impl Pipeline {
         digests: &[(String, String)],
     ) -> anyhow::Result<()> {
         let p = rec.partition;
-        // A sealed boundary reached by this record closes the replayed segment first.
-        let seal = self.partitions[&p].seal;
-        if let Some(seal) = seal
-            && rec.offset >= seal.end
+        // Recorded ends at or before this record close their replayed segments first.
+        while let Some(r) = self.partitions[&p].replay.front().copied()
+            && rec.offset >= r.end
         {
-            self.roll(p, seal.end, RollReason::Sealed)?;
-            self.partitions.get_mut(&p).expect("assigned").seal = None;
+            self.close_replayed(p, r, digests)?;
         }
+        let replay = self.partitions[&p].replay.front().copied();
         let policy = self.settings.policy;
-        let before = {
+        if replay.is_none() && !rows.rows.is_empty() {
             let ps = &self.partitions[&p];
-            match (&ps.segment, rec.timestamp_ms) {
-                (Some(seg), Some(ts)) if !rows.rows.is_empty() => {
-                    policy.roll_before(seg.first_ts_ms.unwrap_or(ts), ts)
-                }
-                _ => None,
+            let before = ps.segment.as_ref().and_then(|seg| {
+                let age = rec
+                    .timestamp_ms
+                    .and_then(|ts| policy.roll_before(seg.first_ts_ms.unwrap_or(ts), ts));
+                age.or_else(|| too_many_days(seg, rows).then_some(RollReason::MaxDays))
+            });
+            if let Some(reason) = before {
+                self.roll(p, rec.offset, reason)?;
             }
-        };
-        if let Some(reason) = before {
-            self.roll(p, rec.offset, reason)?;
         }
         if !rows.rows.is_empty() {
             let (codec, part_size) = (self.settings.codec, self.settings.part_size);
             let ps = self.partitions.get_mut(&p).expect("assigned");
+            // A replayed segment is named by its recorded start (the first record with rows
+            // there, unless a changed module gives rows to an earlier one).
+            let start = replay.map_or(rec.offset, |r| r.start);
             let seg = ps.segment.get_or_insert_with(|| Segment {
-                start: rec.offset,
+                start,
                 first_ts_ms: rec.timestamp_ms,
                 files: BTreeMap::new(),
                 digests: BTreeSet::new(),
@@ -622,6 +693,7 @@ impl Pipeline {
                         id,
                         key,
                         table,
+                        day: row.day,
                         enc,
                     }
                 });
@@ -631,34 +703,63 @@ impl Pipeline {
         let ps = self.partitions.get_mut(&p).expect("assigned");
         ps.next_offset = Some(rec.offset + 1);
         ps.last_record = Instant::now();
-        let after = ps.segment.as_ref().and_then(|seg| {
-            policy.roll_after(seg.files.values().map(|f| FileSize {
-                rows: f.enc.rows(),
-                bytes: f.enc.encoded_bytes(),
-            }))
-        });
+        let after = match replay {
+            Some(_) => None,
+            None => ps.segment.as_ref().and_then(|seg| {
+                policy.roll_after(seg.files.values().map(|f| FileSize {
+                    rows: f.enc.rows(),
+                    bytes: f.enc.encoded_bytes(),
+                }))
+            }),
+        };
+        if let Some(r) = replay
+            && rec.offset + 1 >= r.end
+        {
+            self.close_replayed(p, r, digests)?;
+        }
         if let Some(reason) = after {
             self.roll(p, rec.offset + 1, reason)?;
         }
+        Ok(())
+    }
+
+    /// Closes the replayed segment `r` at its recorded end (an empty one too: the commit side
+    /// then deletes the earlier run's objects that this replay does not rewrite).
+    fn close_replayed(
+        &mut self,
+        p: i32,
+        r: Replay,
+        digests: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let ps = self.partitions.get_mut(&p).expect("assigned");
-        if let Some(seal) = ps.seal
-            && rec.offset + 1 >= seal.end
-        {
-            self.roll(p, seal.end, RollReason::Sealed)?;
-            self.partitions.get_mut(&p).expect("assigned").seal = None;
+        ps.replay.pop_front();
+        if ps.segment.is_some() {
+            return self.roll(p, r.end, RollReason::Replayed);
+        }
+        let sealed = SealedSegment {
+            partition: p,
+            epoch: ps.epoch,
+            start: r.start,
+            end: r.end,
+            reason: RollReason::Replayed,
+            first_ts_ms: None,
+            fingerprint: fingerprint(digests.iter()),
+            files: Vec::new(),
+        };
+        if !self.emit(Event::Sealed(sealed)) {
+            error!("The upload side is gone; stopping the pipeline.");
         }
         Ok(())
     }
 
     /// A changed module was swapped in: every open segment closes at its partition's next
-    /// offset, so each file holds the rows of one module version. A segment replayed under a
-    /// seal is left to end at the sealed offset (ending it earlier would change the keys the
-    /// first run wrote): its files list both versions' digests. See `transform.rs`.
+    /// offset, so each file holds the rows of one module version. (No partition replays
+    /// recorded segments then: modules swap only once every replay is done.)
     fn roll_all_for_swap(&mut self, generation: u64) -> anyhow::Result<()> {
         let open: Vec<i32> = self
             .partitions
             .iter()
-            .filter(|(_, ps)| ps.segment.is_some() && ps.seal.is_none())
+            .filter(|(_, ps)| ps.segment.is_some() && !ps.replaying())
             .map(|(p, _)| *p)
             .collect();
         info!(
@@ -727,6 +828,7 @@ impl Pipeline {
                 file_id: f.id,
                 key: f.key,
                 table: f.table,
+                day: f.day,
                 file,
                 budget,
             });
@@ -747,6 +849,7 @@ impl Pipeline {
             end,
             reason,
             first_ts_ms: seg.first_ts_ms,
+            fingerprint: fingerprint(seg.digests.iter()),
             files,
         };
         if !self.emit(Event::Sealed(sealed)) {
@@ -762,12 +865,12 @@ impl Pipeline {
             if let Some(seg) = ps.segment.as_mut() {
                 for f in seg.files.values_mut() {
                     while let Some(body) = f.enc.take_part() {
-                        out.push((*p, ps.epoch, f.id, f.key.clone(), f.table, body));
+                        out.push((*p, ps.epoch, f.id, f.key.clone(), f.table, seg.start, body));
                     }
                 }
             }
         }
-        for (partition, epoch, file_id, key, table, body) in out {
+        for (partition, epoch, file_id, key, table, first, body) in out {
             let budget = self.inflight.acquire(body.len());
             if !self.emit(Event::Part {
                 partition,
@@ -775,6 +878,7 @@ impl Pipeline {
                 file_id,
                 key,
                 table,
+                first,
                 body,
                 budget,
             }) {
@@ -804,7 +908,7 @@ impl Pipeline {
             let largest = self
                 .partitions
                 .iter()
-                .filter(|(_, ps)| ps.segment.is_some() && ps.seal.is_none())
+                .filter(|(_, ps)| ps.segment.is_some() && !ps.replaying())
                 .map(|(p, _)| (self.open_bytes(*p), *p))
                 .max();
             let Some((bytes, p)) = largest else {
@@ -821,6 +925,30 @@ impl Pipeline {
             flushed.push(p);
         }
     }
+}
+
+/// Whether `rows` would give `seg` more than [`MAX_SEGMENT_DAYS`] event days.
+fn too_many_days(seg: &Segment, rows: &EncodedRows) -> bool {
+    let mut days: BTreeSet<i64> = seg.files.keys().map(|(_, d)| *d).collect();
+    if days.len() < MAX_SEGMENT_DAYS && rows.rows.len() < MAX_SEGMENT_DAYS - days.len() {
+        return false;
+    }
+    days.extend(rows.rows.iter().map(|r| r.day));
+    days.len() > MAX_SEGMENT_DAYS
+}
+
+/// A short digest of the modules that produced a segment's rows (12 hex digits of the sha256
+/// of their `uses=sha256` list), recorded with its boundaries.
+pub(crate) fn fingerprint<'a>(digests: impl Iterator<Item = &'a (String, String)>) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for (uses, sha) in digests {
+        h.update(uses.as_bytes());
+        h.update(b"=");
+        h.update(sha.as_bytes());
+        h.update(b";");
+    }
+    hex::encode(&h.finalize()[..6])
 }
 
 #[cfg(test)]
@@ -968,7 +1096,7 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                seal: None,
+                replay: vec![],
             })
             .unwrap();
         h.pipe.handle(Cmd::Batch(recs.clone())).unwrap();
@@ -981,7 +1109,7 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                seal: None,
+                replay: vec![],
             })
             .unwrap();
         for chunk in recs[from as usize..].chunks(3) {
@@ -998,7 +1126,7 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                seal: Some(Seal { start: 0, end: 4 }),
+                replay: vec![Replay { start: 0, end: 4 }],
             })
             .unwrap();
         h.pipe.handle(Cmd::Batch(recs)).unwrap();
@@ -1023,7 +1151,7 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                seal: None,
+                replay: vec![],
             })
             .unwrap();
         let mut bad = record(0, 0, 1, 1);
@@ -1084,6 +1212,7 @@ mod tests {
             1000,
             Identity {
                 generation: gen_counter.clone(),
+                applied: 0,
             },
         );
         for p in 0..2 {
@@ -1091,7 +1220,7 @@ mod tests {
                 .handle(Cmd::Assign {
                     partition: p,
                     epoch: 1,
-                    seal: None,
+                    replay: vec![],
                 })
                 .unwrap();
         }
@@ -1118,19 +1247,20 @@ mod tests {
     }
 
     #[test]
-    fn a_module_swap_does_not_cut_a_sealed_replay_short() {
+    fn a_module_swap_waits_for_the_replay_to_end() {
         let gen_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut h = harness_with(
             1000,
             Identity {
                 generation: gen_counter.clone(),
+                applied: 0,
             },
         );
         h.pipe
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                seal: Some(Seal { start: 0, end: 4 }),
+                replay: vec![Replay { start: 0, end: 4 }],
             })
             .unwrap();
         h.pipe
@@ -1142,13 +1272,131 @@ mod tests {
             .unwrap();
         let s = sealed_digests(&mut h);
         assert_eq!(s.len(), 1, "{s:?}");
-        assert_eq!((s[0].0, s[0].1, s[0].2), (0, 4, RollReason::Sealed));
-        // Both versions' rows are in it, and its metadata says so.
+        assert_eq!((s[0].0, s[0].1, s[0].2), (0, 4, RollReason::Replayed));
+        // Rewritten by the modules the replay started with only.
+        let old = format!("[{{\"uses\":\"identity\",\"sha256\":\"{:064}\"}}]", 0);
+        assert_eq!(s[0].3, BTreeSet::from([old.clone()]));
+        // Once the replay is done, the swap closes the segment after it.
+        h.pipe.handle(Cmd::Batch(vec![record(0, 6, 1, 1)])).unwrap();
+        let s = sealed_digests(&mut h);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((s[0].0, s[0].1, s[0].2), (4, 6, RollReason::TransformSwap));
+        assert_eq!(s[0].3, BTreeSet::from([old]));
+    }
+
+    #[test]
+    fn a_drain_during_a_replay_abandons_the_replayed_segment() {
+        let mut h = harness(3);
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                replay: vec![Replay { start: 2, end: 10 }],
+            })
+            .unwrap();
+        // Records 0 and 1 had no rows in the first run; here they do: they join the replayed
+        // segment, named by its recorded start. max-records (3) does not cut it.
+        h.pipe
+            .handle(Cmd::Batch((0..6).map(|o| record(0, o, 1, 0)).collect()))
+            .unwrap();
+        h.pipe.handle(Cmd::Drain).unwrap();
+        let mut sealed = Vec::new();
+        let mut abandoned = Vec::new();
+        let mut progress = None;
+        while let Ok(ev) = h.rx.try_recv() {
+            match ev {
+                Event::Sealed(s) => sealed.push((s.start, s.end)),
+                Event::Abandoned { file_ids, .. } => abandoned.extend(file_ids),
+                Event::Progress {
+                    next_offset, open, ..
+                } => progress = Some((next_offset, open)),
+                _ => {}
+            }
+        }
+        assert!(sealed.is_empty(), "{sealed:?}");
+        assert_eq!(abandoned.len(), 1, "the open form file");
+        assert_eq!(progress, Some((6, None)));
+    }
+
+    #[test]
+    fn recorded_segments_replay_exactly_even_when_empty_now() {
+        let mut h = harness(1000);
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                replay: vec![Replay { start: 0, end: 3 }, Replay { start: 5, end: 8 }],
+            })
+            .unwrap();
+        let mut recs: Vec<InRecord> = (0..12).map(|o| record(0, o, 1, 1)).collect();
+        // Records 3..8 are not rows any more (a changed module refuses them): the recorded
+        // segment [5, 8) still closes, with no files, so that the commit side deletes the
+        // objects the first run wrote for it.
+        for r in &mut recs[3..8] {
+            r.value = Some(b"not rows".to_vec());
+        }
+        h.pipe.handle(Cmd::Batch(recs)).unwrap();
+        h.pipe.handle(Cmd::Drain).unwrap();
+        let s = sealed(&mut h);
+        let ranges: Vec<(i64, i64, usize)> = s.iter().map(|s| (s.0, s.1, s.2.len())).collect();
+        assert_eq!(ranges, vec![(0, 3, 2), (5, 8, 0), (8, 12, 2)]);
+    }
+
+    #[test]
+    fn rows_before_a_recorded_start_join_the_recorded_segment() {
+        let mut h = harness(1000);
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                replay: vec![Replay { start: 5, end: 8 }],
+            })
+            .unwrap();
+        // The first run had no rows before offset 5; this run (another module) has: they go
+        // into the recorded segment, whose objects keep the recorded name.
+        h.pipe
+            .handle(Cmd::Batch((3..9).map(|o| record(0, o, 1, 0)).collect()))
+            .unwrap();
+        h.pipe.handle(Cmd::Drain).unwrap();
+        let s = sealed(&mut h);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!((s[0].0, s[0].1), (5, 8));
         assert!(
-            s[0].3
-                .iter()
-                .all(|m| m.contains(&format!("{:064}", 0)) && m.contains(&format!("{:064}", 1))),
+            s[0].2[0].ends_with("t+0+00000000000000000005.avro"),
             "{s:?}"
+        );
+        assert_eq!((s[1].0, s[1].1), (8, 9));
+    }
+
+    #[test]
+    fn a_segment_spans_at_most_max_segment_days() {
+        let mut h = harness(1_000_000);
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                replay: vec![],
+            })
+            .unwrap();
+        let n = MAX_SEGMENT_DAYS as i64 + 3;
+        let recs: Vec<InRecord> = (0..n)
+            .map(|o| {
+                let mut r = record(0, o, 1, 0);
+                let micros = form_model::parse_timestamp("2022-01-01 00:00:00").unwrap()
+                    + o * 86_400_000_000;
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+                v["form"][0]["event_happened_at"] = serde_json::json!(micros);
+                r.value = Some(v.to_string().into_bytes());
+                r
+            })
+            .collect();
+        h.pipe.handle(Cmd::Batch(recs)).unwrap();
+        let s = sealed_digests(&mut h);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(
+            (s[0].0, s[0].1, s[0].2),
+            (0, MAX_SEGMENT_DAYS as i64, RollReason::MaxDays)
         );
     }
 
@@ -1163,7 +1411,7 @@ mod tests {
                 .handle(Cmd::Assign {
                     partition,
                     epoch: 1,
-                    seal: None,
+                    replay: vec![],
                 })
                 .unwrap();
         }

@@ -1,11 +1,12 @@
 //! When a partition's open segment must be closed.
 //!
-//! Every rule here looks only at the segment's own content (its input records, their Kafka
-//! timestamps, the rows and encoded bytes of its files), never at the wall clock: a replay of
-//! the same offsets from the same segment start closes the segment at the same offset, so it
-//! rewrites the same object keys with the same rows. Wall-clock flushes (idle partition, memory
-//! pressure, shutdown) are decided elsewhere and sealed in the consumer group before any of the
-//! segment's objects becomes visible (see `commit.rs`).
+//! The rules here look only at the segment's own content (its input records, their Kafka
+//! timestamps, the rows and encoded bytes of its files), never at the wall clock; wall-clock
+//! flushes (idle partition, memory pressure, shutdown, module swap) are decided by the pipeline.
+//! Whatever the reason, a segment's boundaries are recorded in the consumer group before any of
+//! its objects becomes visible (`seal.rs`), and a replay closes recorded segments where they
+//! were recorded: no rule here is relied on to cut a replay at the same place (another
+//! `max-records`, codec or module would not).
 
 use std::time::Duration;
 
@@ -18,34 +19,29 @@ pub(crate) enum RollReason {
     MaxBytes,
     /// The next record is `max-age` (record time) younger than the segment's first record.
     MaxAge,
-    /// A replay reached the boundary sealed by an earlier run.
-    Sealed,
-    /// No record for the idle flush interval (wall clock: sealed before upload).
+    /// The next record would give the segment more than `MAX_SEGMENT_DAYS` event days.
+    MaxDays,
+    /// A replay reached the end an earlier run recorded.
+    Replayed,
+    /// No record for the idle flush interval (wall clock).
     Idle,
-    /// The memory budget was exceeded: the largest partition is flushed (sealed).
+    /// The memory budget was exceeded: the largest partition is flushed.
     Memory,
-    /// Shutdown or `--max-records` (sealed).
+    /// Shutdown or `--max-records`.
     Drain,
-    /// A changed transform module was swapped in (wall clock: sealed), so every file's
-    /// `form_etl.transforms` digests hold for all its rows.
+    /// A changed transform module was swapped in, so every file's `form_etl.transforms`
+    /// digests hold for all its rows.
     TransformSwap,
 }
 
 impl RollReason {
-    /// Whether a replay from the segment start reproduces this boundary by itself.
-    pub(crate) fn is_deterministic(self) -> bool {
-        matches!(
-            self,
-            RollReason::MaxRecords | RollReason::MaxBytes | RollReason::MaxAge | RollReason::Sealed
-        )
-    }
-
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             RollReason::MaxRecords => "max_records",
             RollReason::MaxBytes => "max_bytes",
             RollReason::MaxAge => "max_age",
-            RollReason::Sealed => "sealed",
+            RollReason::MaxDays => "max_days",
+            RollReason::Replayed => "replayed",
             RollReason::Idle => "idle",
             RollReason::Memory => "memory",
             RollReason::Drain => "drain",
@@ -137,15 +133,5 @@ mod tests {
             }]),
             Some(RollReason::MaxBytes)
         );
-    }
-
-    #[test]
-    fn wall_clock_reasons_are_not_deterministic() {
-        assert!(RollReason::MaxAge.is_deterministic());
-        assert!(RollReason::Sealed.is_deterministic());
-        assert!(!RollReason::Idle.is_deterministic());
-        assert!(!RollReason::Memory.is_deterministic());
-        assert!(!RollReason::Drain.is_deterministic());
-        assert!(!RollReason::TransformSwap.is_deterministic());
     }
 }

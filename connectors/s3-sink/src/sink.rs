@@ -8,21 +8,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use connector_common::Shutdown;
+use connector_common::eos::TxnProducer;
 use connector_common::kafka::{CLOSE_TIMEOUT, close_consumer};
 use connector_common::telemetry::Health;
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::ThreadedProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::commit::{CommitError, Manager, RunningCommit, TxnCommitter, parse_seal};
+use crate::commit::{Manager, RunningCommit};
+use crate::committer::{CommitError, KafkaCommitter, TRANSACTION_TIMEOUT};
 use crate::config::SinkConfig;
-use crate::pipeline::{Cmd, InFlightBudget, InRecord, Pipeline, PipelineSettings};
+use crate::pipeline::{Cmd, InFlightBudget, InRecord, Pipeline, PipelineSettings, Replay};
+use crate::seal;
 use crate::tables::TableCodec;
 use crate::transform::Transform;
+use crate::uploads::{Fence, UploadCtx};
 
 /// Records handed to the pipeline in one command (amortises the SmartModule call).
 const BATCH_MAX: usize = 1000;
@@ -40,10 +44,15 @@ const BATCH_MAX_BYTES: usize = 256 << 10;
 /// 300k records: 4 → 11.3k/s, 16 → 13.1k/s, 48 → 16.7–17.2k/s at the same CPU time). Commits
 /// now run beside the loop; the queue still absorbs an upload or a rebalance pause.
 const CMD_CAPACITY: usize = 48;
+/// Batches the loop holds beyond the pipeline's queue before it pauses the consumer (which it
+/// keeps polling, so rebalances are served and the member stays in the group while S3 stalls).
+const PENDING_PAUSE_AT: usize = 2;
 /// Events queued from the pipeline thread (parts carry their own memory budget).
 const EVENT_CAPACITY: usize = 1024;
 /// Wall-clock tick: idle flushes, commits, gauges, drain progress.
 const TICK: Duration = Duration::from_millis(100);
+/// How long the loop waits for the consumer while paused (it polls to serve rebalances).
+const PAUSED_POLL: Duration = Duration::from_millis(100);
 /// librdkafka prefetches up to `queued.max.messages.kbytes` (default 64 MiB; for a subscribed
 /// consumer one queue for all its partitions, since their fetch queues forward to it) and may
 /// overshoot it by one fetch response. Defaults of ours unless `kafka.properties` sets them.
@@ -56,17 +65,31 @@ const FETCH_MAX_BYTES: &str = "8388608";
 /// With the smaller queue above, the default emptied the queue and starved the pipeline for
 /// up to a second at a time: the sink stayed at ~19k records/s whatever its CPU cost.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// How long the committed offsets of newly assigned partitions are waited for per attempt (a
+/// transaction another instance left open keeps them pending until it ends).
+const COMMITTED_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum RebalanceEvent {
-    Assign(Vec<i32>),
+    Assign(Vec<(i32, u64)>),
     Revoke(Vec<i32>),
 }
 
-/// Records rebalances for the main loop (which runs them in order with the records).
-#[derive(Debug, Default)]
+/// The consumer's context: on a revoke it waits for a running commit and takes the partitions
+/// out of the fence before librdkafka hands them over (so nothing of theirs is committed or made
+/// visible afterwards); on an assign it gives them a new epoch. The main loop then applies the
+/// events in order with the records.
 pub(crate) struct SinkContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    fence: Arc<Fence>,
+    committer: Arc<KafkaCommitter>,
+    epochs: AtomicU64,
+}
+
+impl std::fmt::Debug for SinkContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkContext").finish_non_exhaustive()
+    }
 }
 
 impl ClientContext for SinkContext {}
@@ -74,7 +97,14 @@ impl ClientContext for SinkContext {}
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let ps = tpl.elements().iter().map(|e| e.partition()).collect();
+            let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            {
+                // Waits for a running commit: its offsets land before the hand-over.
+                let _commit = self.committer.txn.lock();
+                for p in &ps {
+                    self.fence.revoke(*p);
+                }
+            }
             self.events
                 .lock()
                 .expect("rebalance lock")
@@ -84,12 +114,26 @@ impl ConsumerContext for SinkContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let ps = tpl.elements().iter().map(|e| e.partition()).collect();
+            let ps: Vec<(i32, u64)> = tpl
+                .elements()
+                .iter()
+                .map(|e| {
+                    let epoch = self.epochs.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.fence.assign(e.partition(), epoch);
+                    (e.partition(), epoch)
+                })
+                .collect();
             self.events
                 .lock()
                 .expect("rebalance lock")
                 .push(RebalanceEvent::Assign(ps));
         }
+    }
+}
+
+impl SinkContext {
+    fn has_events(&self) -> bool {
+        !self.events.lock().expect("rebalance lock").is_empty()
     }
 }
 
@@ -115,13 +159,48 @@ pub(crate) async fn run(
     progress: Arc<Progress>,
 ) -> anyhow::Result<()> {
     let topic = cfg.kafka.topic.clone();
-    let uploader = cfg.s3.uploader().await;
-    if cfg.s3.create_bucket || matches!(uploader, crate::upload::Uploader::File { .. }) {
-        uploader
+    let store = cfg.s3.store().await;
+    if cfg.s3.create_bucket || cfg.s3.is_local() {
+        store
             .ensure_bucket()
             .await
             .context("creating the output bucket")?;
     }
+
+    let mut pc = cfg.kafka.client_config();
+    pc.set("transactional.id", cfg.transactional_id())
+        .set("enable.idempotence", "true");
+    if pc.get("transaction.timeout.ms").is_none() {
+        pc.set(
+            "transaction.timeout.ms",
+            TRANSACTION_TIMEOUT.as_millis().to_string(),
+        );
+    }
+    for k in [
+        "group.instance.id",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "isolation.level",
+        "auto.offset.reset",
+    ] {
+        pc.remove(k);
+    }
+    let producer: ThreadedProducer<_> = pc
+        .create()
+        .context("creating the Kafka producer (dead letters, commits)")?;
+    let txn = TxnProducer::new(producer, cfg.commit.timeout);
+    let txn = tokio::task::spawn_blocking(move || txn.init().map(|()| txn))
+        .await?
+        .context("initialising Kafka transactions")?;
+    let fence = Arc::new(Fence::default());
+    let committer = Arc::new(KafkaCommitter {
+        txn,
+        topic: topic.clone(),
+        dlq_topic: cfg.dlq.topic.clone(),
+        connector: cfg.meta.name.clone(),
+        fence: fence.clone(),
+    });
 
     let mut cc = cfg.kafka.client_config();
     cc.set("group.id", cfg.group())
@@ -143,42 +222,17 @@ pub(crate) async fn run(
     {
         cc.set("max.partition.fetch.bytes", b.as_u64().to_string());
     }
+    let context = SinkContext {
+        events: Mutex::new(Vec::new()),
+        fence: fence.clone(),
+        committer: committer.clone(),
+        epochs: AtomicU64::new(0),
+    };
     let consumer: Arc<StreamConsumer<SinkContext>> = Arc::new(
-        cc.create_with_context(SinkContext::default())
+        cc.create_with_context(context)
             .context("creating the Kafka consumer")?,
     );
     consumer.subscribe(&[&topic]).context("subscribing")?;
-
-    let mut pc = cfg.kafka.client_config();
-    pc.set("transactional.id", cfg.transactional_id())
-        .set("enable.idempotence", "true");
-    for k in [
-        "group.instance.id",
-        "session.timeout.ms",
-        "isolation.level",
-        "auto.offset.reset",
-    ] {
-        pc.remove(k);
-    }
-    let producer: ThreadedProducer<_> = pc
-        .create()
-        .context("creating the Kafka producer (dead letters, commits)")?;
-    let timeout = cfg.commit.timeout;
-    let producer = tokio::task::spawn_blocking(move || {
-        producer.init_transactions(timeout).map(|()| producer)
-    })
-    .await?
-    .context(
-        "initialising Kafka transactions (is the transactional id used by a live instance?)",
-    )?;
-    let committer = Arc::new(TxnCommitter {
-        producer,
-        consumer: consumer.clone(),
-        topic: topic.clone(),
-        dlq_topic: cfg.dlq.topic.clone(),
-        connector: cfg.meta.name.clone(),
-        timeout,
-    });
 
     let (open_budget, inflight_budget) =
         split_budget(cfg.s3.memory_budget.as_u64(), cfg.s3.part_size.as_u64());
@@ -201,11 +255,25 @@ pub(crate) async fn run(
         .spawn(move || pipeline.run(cmd_rx))
         .context("starting the pipeline thread")?;
 
-    let mut manager = Manager::new(uploader, cfg.s3.retry.clone(), committer);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(UploadCtx {
+        store,
+        retry: cfg.s3.retry.clone(),
+        fence: fence.clone(),
+        done: done_tx,
+    });
+    let mut manager = Manager::new(
+        ctx,
+        done_rx,
+        committer.clone(),
+        topic.clone(),
+        cfg.s3.prefix.clone(),
+    );
     let mut pending: VecDeque<Cmd> = VecDeque::new();
-    let mut epoch = 0u64;
     let mut forwarded = 0u64;
     let mut draining = false;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut paused = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_commit = Instant::now();
@@ -213,49 +281,49 @@ pub(crate) async fn run(
     let mut running: Option<RunningCommit> = None;
     let mut last_idle_tick = Instant::now();
     health.set_ready(true);
-    info!(%topic, group = cfg.group(), "Sink running.");
+    info!(%topic, group = cfg.group(), transactional_id = %cfg.transactional_id(), "Sink running.");
 
-    let rebalance = |pending: &mut VecDeque<Cmd>,
-                     manager: &mut Manager,
-                     epoch: &mut u64|
-     -> anyhow::Result<()> {
+    let rebalance = |pending: &mut VecDeque<Cmd>, manager: &mut Manager| -> anyhow::Result<()> {
         let events: Vec<RebalanceEvent> =
             std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"));
         for ev in events {
             match ev {
                 RebalanceEvent::Revoke(ps) => {
-                    info!(partitions = ?ps, "Partitions revoked.");
+                    info!(partitions = ?ps, "Partitions revoked: their open files are dropped, nothing more of theirs is committed or made visible.");
+                    metrics::counter!("s3_sink_rebalances_total", "kind" => "revoke").increment(1);
                     for p in ps {
                         manager.revoke(p);
                         pending.push_back(Cmd::Revoke { partition: p });
                     }
                 }
                 RebalanceEvent::Assign(ps) => {
-                    let mut tpl = TopicPartitionList::new();
-                    for p in &ps {
-                        tpl.add_partition(&topic, *p);
-                    }
-                    let committed = tokio::task::block_in_place(|| {
-                        consumer.committed_offsets(tpl, Duration::from_secs(30))
-                    })
-                    .context("reading the committed offsets")?;
-                    for p in ps {
-                        *epoch += 1;
-                        let e = committed.find_partition(&topic, p);
-                        let offset = e.as_ref().and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        });
-                        let seal = match (&e, offset) {
-                            (Some(e), Some(o)) => parse_seal(o, e.metadata()),
-                            _ => None,
+                    metrics::counter!("s3_sink_rebalances_total", "kind" => "assign").increment(1);
+                    let committed = committed_offsets(&consumer, &topic, &ps)?;
+                    for (p, epoch) in ps {
+                        let (offset, metadata) = committed
+                            .iter()
+                            .find(|c| c.0 == p)
+                            .map(|c| (c.1, c.2.clone()))
+                            .unwrap_or((None, String::new()));
+                        let recorded = match offset {
+                            Some(o) => seal::decode(o, &metadata).unwrap_or_else(|e| {
+                                error!(partition = p, error = %e, "The offset metadata is unreadable: replaying without recorded boundaries.");
+                                Vec::new()
+                            }),
+                            None => Vec::new(),
                         };
-                        info!(partition = p, committed = ?offset, ?seal, "Partition assigned.");
-                        manager.assign(p, *epoch, offset);
+                        info!(partition = p, committed = ?offset, recorded = recorded.len(), "Partition assigned.");
+                        manager.assign(p, epoch, offset.map(|o| (o, metadata)), &recorded);
                         pending.push_back(Cmd::Assign {
                             partition: p,
-                            epoch: *epoch,
-                            seal,
+                            epoch,
+                            replay: recorded
+                                .iter()
+                                .map(|r| Replay {
+                                    start: r.start,
+                                    end: r.end,
+                                })
+                                .collect(),
                         });
                     }
                 }
@@ -264,63 +332,110 @@ pub(crate) async fn run(
         Ok(())
     };
 
-    loop {
-        let can_consume = pending.is_empty() && !draining;
+    let result: anyhow::Result<()> = loop {
+        if let Some(failure) = manager.failure.take() {
+            health.set_problem(Some(format!("S3: {failure}")));
+            break Err(anyhow::anyhow!(
+                "an upload failed for good: {failure}; stopping without committing its range (the next run replays it)"
+            ));
+        }
+        // Backpressure: the pipeline is behind (S3 stalls, or the transform is slower than
+        // Kafka). Pause the consumer rather than stop polling it.
+        let want_pause = pending.len() > PENDING_PAUSE_AT || draining;
+        if want_pause != paused {
+            if let Err(e) = set_paused(&consumer, want_pause) {
+                warn!(error = %e, "Could not pause or resume the consumer.");
+            } else {
+                paused = want_pause;
+                metrics::gauge!("s3_sink_consumer_paused").set(f64::from(u8::from(paused)));
+            }
+        }
         tokio::select! {
             biased;
-            Some(ev) = ev_rx.recv() => manager.on_event(ev),
+            Some(ev) = ev_rx.recv() => {
+                manager.on_event(ev);
+                if running.is_none() && manager.needs_record() {
+                    running = start_commit(&mut manager, &consumer);
+                    last_commit = Instant::now();
+                }
+            }
             Some(done) = manager.done_rx.recv() => manager.on_done(done),
             result = commit_result(&mut running) => {
                 let finished = running.take().expect("a commit was running");
-                manager.finish_commit(finished, result)?;
+                if let Err(e) = manager.finish_commit(finished, result) {
+                    health.set_problem(Some(format!("Kafka: {e}")));
+                    break Err(e.into());
+                }
             }
             permit = cmd_tx.reserve(), if !pending.is_empty() => {
-                permit.context("the pipeline thread stopped")?.send(pending.pop_front().expect("non-empty"));
+                match permit {
+                    Ok(permit) => permit.send(pending.pop_front().expect("non-empty")),
+                    Err(_) => break Err(anyhow::anyhow!("the pipeline thread stopped")),
+                }
             }
             _ = shutdown.wait(), if !draining => {
                 info!("Draining: closing open files, uploading, committing.");
                 draining = true;
-                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                drain_deadline = Some(tokio::time::Instant::now() + cfg.commit.drain_timeout);
+                if let Err(e) = rebalance(&mut pending, &mut manager) { break Err(e); }
                 pending.push_back(Cmd::Drain);
             }
+            _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
+                manager.log_unfinished();
+                break Err(anyhow::anyhow!(
+                    "the drain did not finish within `commit.drain-timeout` ({:?}): exiting without committing what is not durable (the next run replays it)",
+                    cfg.commit.drain_timeout
+                ));
+            }
             _ = tick.tick() => {
-                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                if let Err(e) = rebalance(&mut pending, &mut manager) { break Err(e); }
                 if !draining && pending.is_empty() && last_idle_tick.elapsed() >= Duration::from_secs(1) {
                     pending.push_back(Cmd::Tick);
                     last_idle_tick = Instant::now();
                 }
-                if running.is_none() && (last_commit.elapsed() >= cfg.commit.interval || draining) {
-                    running = manager.start_commit();
+                if running.is_none() && (manager.needs_record() || last_commit.elapsed() >= cfg.commit.interval || draining) {
+                    running = start_commit(&mut manager, &consumer);
                     last_commit = Instant::now();
                 }
                 metrics::gauge!("s3_sink_oldest_pending_record_age_seconds").set(manager.oldest_pending_age());
                 metrics::gauge!("s3_sink_inflight_bytes").set(inflight.used() as f64);
                 if draining && manager.drained && pending.is_empty() && running.is_none() && manager.quiescent() {
-                    break;
+                    break Ok(());
                 }
             }
-            msg = consumer.recv(), if can_consume => {
+            msg = recv_or_wait(&consumer, paused) => {
+                let Some(msg) = msg else { continue };
+                if draining {
+                    // Not forwarded: the drain closed the open segments already. Left uncommitted
+                    // for the next run (the consumer is paused, so few arrive).
+                    continue;
+                }
                 // Copied once, straight from librdkafka's buffer (not detached first).
                 let first = match msg {
                     Ok(m) => to_record(&m),
                     Err(e) => {
                         warn!(error = %e, "Kafka consumer error (retried by the client).");
+                        metrics::counter!("component_errors_total", "error_type" => "consumer", "stage" => "receiving").increment(1);
                         continue;
                     }
                 };
                 // Rebalances seen while polling come before this record.
-                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                if let Err(e) = rebalance(&mut pending, &mut manager) { break Err(e); }
                 let limit = opts.max_records.map_or(BATCH_MAX as u64, |m| (m - forwarded).min(BATCH_MAX as u64)) as usize;
                 let mut batch = vec![first];
                 let mut batch_bytes = batch[0].input_bytes();
+                let mut failed = None;
                 while batch.len() < limit && batch_bytes < BATCH_MAX_BYTES {
                     match consumer.recv().now_or_never() {
                         Some(Ok(m)) => {
                             let r = to_record(&m);
                             drop(m);
-                            if !consumer.context().events.lock().expect("rebalance lock").is_empty() {
+                            if consumer.context().has_events() {
                                 pending.push_back(Cmd::Batch(std::mem::take(&mut batch)));
-                                rebalance(&mut pending, &mut manager, &mut epoch)?;
+                                if let Err(e) = rebalance(&mut pending, &mut manager) {
+                                    failed = Some(e);
+                                    break;
+                                }
                             }
                             batch_bytes += r.input_bytes();
                             batch.push(r);
@@ -332,24 +447,35 @@ pub(crate) async fn run(
                         None => break,
                     }
                 }
+                if let Some(e) = failed {
+                    break Err(e);
+                }
                 forwarded += batch.len() as u64;
                 progress.records_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 pending.push_back(Cmd::Batch(batch));
                 if opts.max_records.is_some_and(|m| forwarded >= m) {
                     info!(records = forwarded, "--max-records reached: draining.");
                     draining = true;
+                    drain_deadline = Some(tokio::time::Instant::now() + cfg.commit.drain_timeout);
                     pending.push_back(Cmd::Drain);
                 }
             }
         }
+    };
+    health.set_ready(false);
+    if result.is_ok() {
+        info!(committed = %manager.committed_summary(), files = manager.files_uploaded, "Drained: every file is uploaded and every offset committed.");
     }
-    manager.commit_round().await?;
-    info!(committed = %manager.committed_summary(), files = manager.files_uploaded, "Drained: every file is uploaded and every offset committed.");
     drop(cmd_tx);
-    match pipeline_thread.join() {
-        Ok(r) => r?,
-        Err(p) => std::panic::resume_unwind(p),
-    }
+    let pipeline_result = if result.is_ok() {
+        match pipeline_thread.join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    } else {
+        // The pipeline may be blocked on the upload budget: it is not waited for.
+        Ok(())
+    };
     drop(manager);
     // A SIGTERM during the group join can make librdkafka's close wait for good (see
     // `close_consumer`); everything is uploaded and committed by now.
@@ -357,21 +483,105 @@ pub(crate) async fn run(
         warn!(
             timeout = ?CLOSE_TIMEOUT,
             "The Kafka consumer did not leave the group in time (a rebalance was in progress); \
-             exiting anyway: every file is uploaded and every offset committed, and the broker \
-             expires this member after its session timeout."
+             exiting anyway: the broker expires this member after its session timeout."
         );
     }
-    Ok(())
+    result.and(pipeline_result)
+}
+
+/// Starts a commit with the consumer's group metadata of now (this assignment's generation).
+fn start_commit(
+    manager: &mut Manager,
+    consumer: &StreamConsumer<SinkContext>,
+) -> Option<RunningCommit> {
+    let Some(group) = consumer.group_metadata() else {
+        warn!("No consumer group metadata yet: the commit waits.");
+        return None;
+    };
+    manager.start_commit(group)
 }
 
 /// The result of the running commit; never ready when none runs.
 async fn commit_result(
     running: &mut Option<RunningCommit>,
-) -> Result<Result<(), CommitError>, tokio::task::JoinError> {
+) -> Result<Result<Vec<i32>, CommitError>, tokio::task::JoinError> {
     match running {
         Some(r) => (&mut r.task).await,
         None => std::future::pending().await,
     }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next message, or, while paused, `None` after a short wait (librdkafka serves
+/// rebalances and errors inside the poll, so a paused consumer is still polled).
+async fn recv_or_wait(
+    consumer: &StreamConsumer<SinkContext>,
+    paused: bool,
+) -> Option<Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError>> {
+    if !paused {
+        return Some(consumer.recv().await);
+    }
+    tokio::time::timeout(PAUSED_POLL, consumer.recv())
+        .await
+        .ok()
+}
+
+fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) -> anyhow::Result<()> {
+    let assignment = consumer.assignment().context("reading the assignment")?;
+    if assignment.count() == 0 {
+        return Ok(());
+    }
+    if pause {
+        consumer.pause(&assignment).context("pausing")?;
+    } else {
+        consumer.resume(&assignment).context("resuming")?;
+    }
+    Ok(())
+}
+
+/// `(partition, committed offset, metadata)` of newly assigned partitions. A `read_committed`
+/// fetch waits while another instance's transaction holds pending offsets for them; it is
+/// retried (with a warning) until it answers, never ended.
+fn committed_offsets(
+    consumer: &StreamConsumer<SinkContext>,
+    topic: &str,
+    partitions: &[(i32, u64)],
+) -> anyhow::Result<Vec<(i32, Option<i64>, String)>> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, _) in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let mut attempt = 0u32;
+    let got = loop {
+        attempt += 1;
+        match tokio::task::block_in_place(|| {
+            consumer.committed_offsets(tpl.clone(), COMMITTED_FETCH_TIMEOUT)
+        }) {
+            Ok(got) => break got,
+            Err(e) => {
+                warn!(attempt, error = %e, "Reading the committed offsets of the assigned partitions failed (another instance's transaction may still hold them); retrying.");
+                metrics::counter!("component_errors_total", "error_type" => "committed_offsets", "stage" => "receiving").increment(1);
+            }
+        }
+    };
+    Ok(partitions
+        .iter()
+        .map(|(p, _)| {
+            let e = got.find_partition(topic, *p);
+            let offset = e.as_ref().and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            let metadata = e.map(|e| e.metadata().to_owned()).unwrap_or_default();
+            (*p, offset, metadata)
+        })
+        .collect())
 }
 
 /// `memory-budget` split into (open files, uploads in flight). Uploads need a few parts at once

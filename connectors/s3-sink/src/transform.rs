@@ -369,7 +369,10 @@ pub(crate) mod tests {
     /// the test through the shared counter.
     #[derive(Debug, Default)]
     pub(crate) struct Identity {
+        /// The newest module version the "watcher" has ready (tests bump it).
         pub(crate) generation: Arc<AtomicU64>,
+        /// The version in use: taken from `generation` by `apply_pending`, as the chain does.
+        pub(crate) applied: u64,
     }
 
     impl Transform for Identity {
@@ -386,12 +389,15 @@ pub(crate) mod tests {
         }
 
         fn digests(&self) -> Vec<(String, String)> {
-            let g = self.generation.load(Ordering::SeqCst);
-            vec![("identity".into(), format!("{g:064}"))]
+            vec![("identity".into(), format!("{:064}", self.applied))]
         }
 
         fn generation(&self) -> u64 {
-            self.generation.load(Ordering::SeqCst)
+            self.applied
+        }
+
+        fn apply_pending(&mut self) {
+            self.applied = self.generation.load(Ordering::SeqCst);
         }
     }
 

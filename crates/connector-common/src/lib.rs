@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod duration;
+pub mod eos;
 pub mod kafka;
 pub mod retry;
 pub mod secret;

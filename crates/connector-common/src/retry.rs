@@ -96,6 +96,78 @@ impl RetryPolicy {
     }
 }
 
+/// Attempts a permanent error gets (whatever `max-attempts` says, if it says more): a few, in
+/// case the error was a passing state of the other side (a bucket just created, a policy being
+/// applied), then the caller gives up and reports it.
+pub const PERMANENT_ATTEMPTS: u32 = 5;
+
+/// An error that [`RetryPolicy::run`] can classify.
+pub trait Classify {
+    /// Whether retrying can help.
+    fn class(&self) -> ErrorClass;
+}
+
+/// [`RetryPolicy::run`] gave up: the last error and how many attempts were made.
+#[derive(Debug)]
+pub struct GaveUp<E> {
+    /// Attempts made, the last one included.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub error: E,
+}
+
+impl RetryPolicy {
+    /// Runs `op` until it succeeds or the policy gives up: [`ErrorClass::Transient`] errors are
+    /// retried up to `max-attempts` attempts in all (absent: for ever, so an outage stalls the
+    /// caller rather than failing it), [`ErrorClass::Permanent`] ones up to
+    /// [`PERMANENT_ATTEMPTS`] (or `max-attempts` if lower), [`ErrorClass::Fatal`] ones not at all.
+    /// Failures are counted (`component_errors_total{error_type=what}`) and logged: the first,
+    /// then every power of two. `what` names the operation, `subject` its object (a key, an id).
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        what: &str,
+        subject: &str,
+        mut op: F,
+    ) -> Result<T, GaveUp<E>>
+    where
+        E: Classify + std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempts = 0u32;
+        loop {
+            attempts = attempts.saturating_add(1);
+            let error = match op().await {
+                Ok(v) => {
+                    if attempts > 1 {
+                        tracing::info!(what, subject, attempts, "Succeeded after retries.");
+                    }
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            let class = error.class();
+            metrics::counter!("component_errors_total", "error_type" => what.to_owned(), "stage" => "sending")
+                .increment(1);
+            let give_up = match class {
+                ErrorClass::Fatal => true,
+                ErrorClass::Permanent => {
+                    attempts >= PERMANENT_ATTEMPTS || !self.may_retry(attempts)
+                }
+                ErrorClass::Transient => !self.may_retry(attempts),
+            };
+            if give_up {
+                tracing::error!(what, subject, attempts, ?class, %error, "Giving up.");
+                return Err(GaveUp { attempts, error });
+            }
+            if attempts == 1 || attempts.is_power_of_two() {
+                tracing::warn!(what, subject, attempts, ?class, %error, "Failed; retrying with backoff.");
+            }
+            tokio::time::sleep(self.backoff(attempts - 1)).await;
+        }
+    }
+}
+
 /// Who must act on an error, and whether retrying helps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -197,6 +269,72 @@ mod tests {
         assert!(p.may_retry(2));
         assert!(!p.may_retry(3));
         assert!(RetryPolicy::default().may_retry(1_000_000));
+    }
+
+    #[derive(Debug)]
+    struct E(ErrorClass);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+    impl Classify for E {
+        fn class(&self) -> ErrorClass {
+            self.0
+        }
+    }
+
+    fn quick(max_attempts: Option<u32>) -> RetryPolicy {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            max_attempts,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Runs an operation failing `fails` times with `class`, then succeeding; the attempts made.
+    async fn attempts(p: &RetryPolicy, class: ErrorClass, fails: u32) -> Result<u32, u32> {
+        let mut n = 0;
+        p.run("test_op", "x", || {
+            n += 1;
+            let r = if n <= fails { Err(E(class)) } else { Ok(n) };
+            async move { r }
+        })
+        .await
+        .map_err(|g| g.attempts)
+    }
+
+    #[tokio::test]
+    async fn run_retries_by_class_and_honours_max_attempts() {
+        // Transient: for ever by default, bounded by max-attempts.
+        assert_eq!(
+            attempts(&quick(None), ErrorClass::Transient, 20).await,
+            Ok(21)
+        );
+        assert_eq!(
+            attempts(&quick(Some(3)), ErrorClass::Transient, 20).await,
+            Err(3)
+        );
+        assert_eq!(
+            attempts(&quick(Some(3)), ErrorClass::Transient, 2).await,
+            Ok(3)
+        );
+        // Permanent: a few attempts whatever max-attempts says.
+        assert_eq!(
+            attempts(&quick(None), ErrorClass::Permanent, 20).await,
+            Err(PERMANENT_ATTEMPTS)
+        );
+        assert_eq!(
+            attempts(&quick(Some(2)), ErrorClass::Permanent, 20).await,
+            Err(2)
+        );
+        assert_eq!(
+            attempts(&quick(None), ErrorClass::Permanent, 1).await,
+            Ok(2)
+        );
+        // Fatal: never retried.
+        assert_eq!(attempts(&quick(None), ErrorClass::Fatal, 1).await, Err(1));
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl SinkSetup {
         let metrics_port = free_port();
         let text = format!(
             "apiVersion: 0.2.0
-meta: {{name: {name}, type: s3-sink, version: 0.1.0, topic: {topic}, secrets: [{{name: S3_ACCESS_KEY_ID}}, {{name: S3_SECRET_ACCESS_KEY}}]}}
+meta: {{name: {name}, type: s3-sink, version: 0.1.0, topic: {{meta: {{name: {topic}}}}}, secrets: [{{name: S3_ACCESS_KEY_ID}}, {{name: S3_SECRET_ACCESS_KEY}}]}}
 kafka:
   brokers: {kafka}
   topic: {topic}
@@ -281,7 +281,11 @@ s3:
 
     /// [`SinkSetup::spawn`] with extra environment variables (e.g. `FORM_ETL_SMARTMODULE_DIR`).
     pub fn spawn_with_env(&self, extra_args: &[&str], env: &[(&str, &Path)]) -> Result<Child> {
-        let bin = root().join("target/release/s3-sink");
+        // `FORM_ETL_SINK_BIN` runs another build (e.g. an older commit's, to show that a
+        // regression test fails without the fix).
+        let bin = std::env::var_os("FORM_ETL_SINK_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target/release/s3-sink"));
         anyhow::ensure!(
             bin.exists(),
             "{} is missing: run `cargo build --release -p s3-sink`",
