@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -60,18 +60,6 @@ impl Kind {
         Kind::InvalidUtf8,
     ];
 
-    /// Every kind, in report order.
-    pub(crate) const ALL: [Kind; 8] = [
-        Kind::Valid,
-        Kind::InvalidJson,
-        Kind::WrongType,
-        Kind::BadTimestamp,
-        Kind::MissingField,
-        Kind::InvalidUtf8,
-        Kind::HugeAnswer,
-        Kind::HugeEvent,
-    ];
-
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Valid => "valid",
@@ -103,9 +91,9 @@ impl Kind {
 /// How valid events' `event_happened_at` are chosen (both unique to the microsecond).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Times {
-    /// 2024-03-01, -02 or -03 (by sequence number) at 12:00:00 plus the sequence number in
-    /// microseconds: three event dates, older than any answer (the cache serves them).
-    Past,
+    /// 2024-03-01, -02, … (the sequence number modulo `days`) at 12:00:00 plus the sequence
+    /// number in microseconds: `days` event dates, older than any answer (the cache serves them).
+    Past { days: u32 },
     /// The wall clock (strictly increasing): every event happened after the cached answer was
     /// retrieved, so nearly every one needs a fresh API request.
     Now,
@@ -153,7 +141,9 @@ impl Generator {
 
     fn happened_us(&mut self, seq: u64) -> i64 {
         match self.times {
-            Times::Past => past_base_us(1 + (seq % 3) as u32) + seq as i64,
+            Times::Past { days } => {
+                past_base_us(1 + (seq % u64::from(days.max(1))) as u32) + seq as i64
+            }
             Times::Now => {
                 let now = chrono::Utc::now().timestamp_micros();
                 self.last_us = now.max(self.last_us + 1);
@@ -337,16 +327,8 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    pub(crate) fn count(&self, kind: Kind) -> usize {
-        self.events.iter().filter(|e| e.kind == kind).count()
-    }
-
     pub(crate) fn poison(&self) -> usize {
         self.events.iter().filter(|e| e.kind != Kind::Valid).count()
-    }
-
-    pub(crate) fn extend(&mut self, other: Ledger) {
-        self.events.extend(other.events);
     }
 }
 
@@ -376,7 +358,6 @@ pub(crate) fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
 #[derive(Debug)]
 pub(crate) struct Flow {
     stop: Arc<AtomicBool>,
-    produced: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<anyhow::Result<Ledger>>,
 }
 
@@ -390,7 +371,6 @@ impl Flow {
         rate: f64,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let produced = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run_flow(
             producer,
             topic,
@@ -398,23 +378,8 @@ impl Flow {
             plan,
             rate,
             stop.clone(),
-            produced.clone(),
         ));
-        Self {
-            stop,
-            produced,
-            task,
-        }
-    }
-
-    /// Events delivered so far.
-    pub(crate) fn produced(&self) -> u64 {
-        self.produced.load(Ordering::Relaxed)
-    }
-
-    /// Whether a [`Plan::List`] flow has produced everything.
-    pub(crate) fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        Self { stop, task }
     }
 
     /// Stops producing (a list plan stops early), waits for every delivery, returns the ledger.
@@ -438,7 +403,6 @@ async fn run_flow(
     mut plan: Plan,
     rate: f64,
     stop: Arc<AtomicBool>,
-    produced: Arc<AtomicU64>,
 ) -> anyhow::Result<Ledger> {
     let started = Instant::now();
     let mut sent = 0u64;
@@ -477,14 +441,12 @@ async fn run_flow(
                 _ = &mut tick => break,
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     ledger.events.push(done?);
-                    produced.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
     }
     while let Some(done) = pending.next().await {
         ledger.events.push(done?);
-        produced.fetch_add(1, Ordering::Relaxed);
     }
     producer
         .flush(Duration::from_secs(60))
@@ -543,7 +505,7 @@ mod tests {
 
     #[test]
     fn valid_events_have_unique_micro_timestamps_over_three_dates() {
-        let mut g = generator(Times::Past);
+        let mut g = generator(Times::Past { days: 3 });
         let events: Vec<Event> = (0..30).map(|_| g.next(Kind::Valid)).collect();
         let mut us: Vec<i64> = events.iter().map(|e| e.happened_us.unwrap()).collect();
         us.sort();

@@ -106,7 +106,6 @@ pub(crate) struct Letter {
     pub(crate) partition: Option<i32>,
     pub(crate) offset: Option<i64>,
     pub(crate) reason: Option<String>,
-    pub(crate) connector: Option<String>,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value_sha256: Option<[u8; 32]>,
 }
@@ -274,7 +273,9 @@ pub(crate) fn judge(obs: &Observations, catalog: &HashMap<String, Vec<String>>) 
     let mut unknown = Vec::new();
     let mut misplaced = Vec::new();
     let mut bad_keys = Vec::new();
-    let mut ranges: BTreeMap<(String, i32, String), Vec<(i64, i64, &str)>> = BTreeMap::new();
+    // (table, partition, event date) → (first, end, key) of each object.
+    type Ranges<'a> = BTreeMap<(String, i32, String), Vec<(i64, i64, &'a str)>>;
+    let mut ranges: Ranges<'_> = BTreeMap::new();
     for o in &obs.objects {
         if let Some(e) = &o.error {
             f.unreadable += 1;
@@ -596,7 +597,6 @@ mod tests {
                 partition: Some(0),
                 offset: Some(2),
                 reason: Some("wrong_type".into()),
-                connector: Some("c".into()),
                 key: Some(b"k2".to_vec()),
                 value_sha256: Some([2u8; 32]),
             }],

@@ -275,7 +275,10 @@ impl Pipeline {
                 "--secrets".into(),
                 source_secrets.display().to_string(),
             ],
-            envs: vec![("RUST_LOG".into(), "info".into())],
+            envs: vec![
+                ("RUST_LOG".into(), "info".into()),
+                ("NO_COLOR".into(), "1".into()),
+            ],
             cwd: ctx.root.clone(),
             log: dir.join("source.log"),
             metrics_url: format!("http://127.0.0.1:{source_port}"),
@@ -351,6 +354,7 @@ impl Pipeline {
                 ],
                 envs: vec![
                     ("RUST_LOG".into(), "info".into()),
+                    ("NO_COLOR".into(), "1".into()),
                     (
                         "FORM_ETL_SMARTMODULE_DIR".into(),
                         modules_dir.display().to_string(),
@@ -430,10 +434,19 @@ impl Pipeline {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    /// Sleeps `d`, or less if the deadline comes first. The scenario's own timing (an outage's
-    /// length, a flow's duration), not a wait for a condition.
-    pub(crate) async fn hold(&self, d: Duration) {
-        tokio::time::sleep(d.min(self.left())).await;
+    /// Sleeps `d`, or less if the deadline comes first (noted: the scenario was cut short).
+    /// The scenario's own timing (an outage's length, a flow's duration), not a wait for a
+    /// condition.
+    pub(crate) async fn hold(&mut self, d: Duration) {
+        let left = self.left();
+        if d > left {
+            self.fail(format!(
+                "the time budget cut a {:.1}s step of the scenario to {:.1}s",
+                d.as_secs_f64(),
+                left.as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(d.min(left)).await;
     }
 
     fn watch(&self, spec: &ConnectorSpec) {
@@ -530,7 +543,7 @@ impl Pipeline {
         max: Duration,
     ) -> tokio::task::JoinHandle<Recovery> {
         let sup = sup.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             loop {
                 let waited = from.elapsed();
                 let censored = || Recovery {
@@ -570,8 +583,7 @@ impl Pipeline {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        });
-        task
+        })
     }
 
     /// Keeps a measurement's result.
@@ -873,7 +885,6 @@ fn letter(r: &Received) -> Letter {
             .and_then(|v| v.parse().ok()),
         offset: r.header("dlq.source.offset").and_then(|v| v.parse().ok()),
         reason: r.header("dlq.reason"),
-        connector: r.header("dlq.connector"),
         key: r.key.clone(),
         value_sha256: r.value.as_deref().map(|v| Sha256::digest(v).into()),
     }

@@ -69,9 +69,12 @@ impl Outcome {
     }
 }
 
+/// Seconds, and whether only a lower bound (the measurement ended before progress moved).
+pub(crate) type Secs = (f64, bool);
+
 /// `(median, max)` of the recoveries, each `(seconds, censored)`: a measurement that ended
 /// before progress moved counts as its waiting time, a lower bound.
-pub(crate) fn recovery_stats(recs: &[Recovery]) -> (Option<(f64, bool)>, Option<(f64, bool)>) {
+pub(crate) fn recovery_stats(recs: &[Recovery]) -> (Option<Secs>, Option<Secs>) {
     let mut v: Vec<(f64, bool)> = recs
         .iter()
         .map(|r| match r.secs {
@@ -88,7 +91,7 @@ pub(crate) fn recovery_stats(recs: &[Recovery]) -> (Option<(f64, bool)>, Option<
     (Some(median), Some(max))
 }
 
-fn secs((v, censored): (f64, bool)) -> String {
+fn secs((v, censored): Secs) -> String {
     format!("{}{v:.1}s", if censored { ">" } else { "" })
 }
 

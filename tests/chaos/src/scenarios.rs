@@ -33,6 +33,8 @@ const KILL_RECOVERY_WAIT: Duration = Duration::from_secs(10);
 const RECOVERY_TARGET_S: f64 = 10.0;
 /// Segments close on record time every 2 s, so that a steady flow commits steadily.
 const STEADY_SINK: (&str, &str) = ("s3/max-age", "2s");
+/// Event dates of the steady flows (each date is a file per table, partition and segment).
+const STEADY_DATES: Times = Times::Past { days: 2 };
 
 /// A scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,22 +117,22 @@ impl Scenario {
                 KILL_RECOVERY_WAIT.as_secs()
             ),
             Scenario::ApiFaults => format!(
-                "{steady}, but event times = now (nearly every event needs a fresh API answer); 10 s clean; 60 s of `{{\"error_500_ratio\":0.3,\"hang_ratio\":0.1}}`; 60 s of `{{\"outage\":\"refuse\"}}`; faults cleared; 10 s more"
+                "{steady}, but event times = now (nearly every event needs a fresh API answer); 10 s clean; 60 s of `{{\"error_500_ratio\":0.3,\"hang_ratio\":0.1}}`; 60 s of `{{\"outage\":\"refuse\"}}`; faults cleared; 5 s more"
             ),
             Scenario::S3Down => format!(
-                "{steady}; 10 s; s3s-fs `kill -9`, down 60 s, started again on the same port and directory; 10 s; `kill -STOP` of s3s-fs once an upload is in flight (`s3_sink_inflight_bytes` > 0, polled every 20 ms, at most 20 s), 20 s, `kill -CONT`; 10 s more"
+                "{steady}; 10 s; s3s-fs `kill -9`, down 60 s, started again on the same port and directory; 10 s; `kill -STOP` of s3s-fs once an upload is in flight (`s3_sink_inflight_bytes` > 0, polled every 20 ms, at most 20 s), 20 s, `kill -CONT`; 5 s more"
             ),
             Scenario::BrokerRestart => format!(
-                "{steady}; 15 s; the broker `kill -9` and started again on the same port and log directory (the producer buffers meanwhile); 15 s more"
+                "{steady}; 10 s; the broker `kill -9` and started again on the same port and log directory (the producer buffers meanwhile); 10 s more"
             ),
             Scenario::SinkRestartMaxRecords => format!(
-                "{steady}; 15 s; `kill -9` of the sink; its next run with `--max-records N`, N random in 100..3000, must end with 0; then runs as usual; 15 s more"
+                "{steady}; 10 s; `kill -9` of the sink; its next run with `--max-records N`, N random in 100..3000, must end with 0; then runs as usual; 10 s more"
             ),
             Scenario::HotSwap => format!(
-                "{steady}; 15 s; the sink's `form_flatten.wasm` replaced (write + rename) by the same module with a custom section appended (same code, another sha256); the swap must show (`s3_sink_transform_generation` >= 1, nothing rejected); 15 s more"
+                "{steady}; 10 s; the sink's `form_flatten.wasm` replaced (write + rename) by the same module with a custom section appended (same code, another sha256); the swap must show (`s3_sink_transform_generation` >= 1, nothing rejected); 10 s more"
             ),
             Scenario::TwoSinksPaused => format!(
-                "{steady}; two sinks in one group from the shipped sink config (per instance only the metrics port differs, and the instance id where the file has one); 15 s; `kill -STOP` of sink-b for its session timeout + 5 s, `kill -CONT`; 15 s more"
+                "{steady}; two sinks in one group from the shipped sink config (per instance only the metrics port differs, and the instance id where the file has one); 10 s; `kill -STOP` of sink-b for its session timeout + 5 s, `kill -CONT`; 10 s more"
             ),
             Scenario::Poison => "3 partitions; 10,000 poison events (10 huge answers of 1.2 MB, 10 huge events of 990 KB whose enriched record is ~1.09 MB, 9,980 small ones spread over invalid JSON, wrong types, bad timestamps, missing fields, invalid UTF-8) shuffled among 10,000 valid events, 1,000 events/s; shipped configs plus the steady sink setting".into(),
             Scenario::OracleSelftest => "3 partitions; 600 events at 200/s (10% small poison); a clean run must pass; then the oracle is pointed at corrupted copies of its output (an object duplicated under another key, an object deleted, a dead letter removed, one duplicated, one with another reason, a secret in a log, an exit that was not ours, an enriched record duplicated) and must catch each".into(),
@@ -214,7 +216,7 @@ async fn replay_cut(ctx: &Ctx) -> anyhow::Result<Outcome> {
     const N: usize = 2000;
     let flow = p.flow(
         ctx,
-        Times::Past,
+        Times::Past { days: 3 },
         Plan::List(VecDeque::from(vec![Kind::Valid; N])),
         2000.0,
     )?;
@@ -346,14 +348,14 @@ fn first_offsets(keys: &[String]) -> String {
 }
 
 async fn kill_loop(ctx: &Ctx, scenario: Scenario, source: bool) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, scenario.name(), &steady_opts(300)).await?;
+    let mut p = Pipeline::create(ctx, scenario.name(), &steady_opts(340)).await?;
     let src = p.start_source();
     p.start_sinks();
     let target = if source { src } else { p.sinks[0].clone() };
     let label = target.label().to_owned();
     let flow = p.flow(
         ctx,
-        Times::Past,
+        STEADY_DATES,
         Plan::Mix {
             poison_ratio: POISON_RATIO,
         },
@@ -404,7 +406,7 @@ async fn kill_loop(ctx: &Ctx, scenario: Scenario, source: bool) -> anyhow::Resul
 }
 
 async fn api_faults(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, "api-faults", &steady_opts(220)).await?;
+    let mut p = Pipeline::create(ctx, "api-faults", &steady_opts(190)).await?;
     let src = p.start_source();
     p.start_sinks();
     let flow = p.flow(
@@ -433,7 +435,7 @@ async fn api_faults(ctx: &Ctx) -> anyhow::Result<Outcome> {
     p.note("API: faults cleared");
     let m = p.measure_recovery(&src, "the API outage".into(), back, before, None, p.left());
     p.keep_pending(m);
-    p.hold(Duration::from_secs(10)).await;
+    p.hold(Duration::from_secs(5)).await;
     let stats = forms_api_stats(&ctx.admin).await?;
     let by_status = stats["by_status"].clone();
     p.note(format!("API answers during the run: {by_status}"));
@@ -451,13 +453,13 @@ async fn api_faults(ctx: &Ctx) -> anyhow::Result<Outcome> {
 }
 
 async fn s3_down(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, "s3-down", &steady_opts(220)).await?;
+    let mut p = Pipeline::create(ctx, "s3-down", &steady_opts(190)).await?;
     p.start_source();
     p.start_sinks();
     let sink = p.sinks[0].clone();
     let flow = p.flow(
         ctx,
-        Times::Past,
+        STEADY_DATES,
         Plan::Mix {
             poison_ratio: POISON_RATIO,
         },
@@ -496,7 +498,6 @@ async fn s3_down(ctx: &Ctx) -> anyhow::Result<Outcome> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = p.progress(&sink).await;
     ctx.cluster.lock().await.s3.stop()?;
     match seen {
         Some(b) => p.note(format!(
@@ -507,6 +508,7 @@ async fn s3_down(ctx: &Ctx) -> anyhow::Result<Outcome> {
         ),
     }
     p.hold(Duration::from_secs(20)).await;
+    let before = p.progress(&sink).await;
     ctx.cluster.lock().await.s3.cont()?;
     let back = Instant::now();
     p.note("S3 continued (-CONT)");
@@ -519,25 +521,25 @@ async fn s3_down(ctx: &Ctx) -> anyhow::Result<Outcome> {
         p.left(),
     );
     p.keep_pending(m);
-    p.hold(Duration::from_secs(10)).await;
+    p.hold(Duration::from_secs(5)).await;
     let ledger = flow.finish().await?;
     Ok(judged(ctx, Scenario::S3Down, p.finish(ctx, ledger).await?))
 }
 
 async fn broker_restart(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, "broker-restart", &steady_opts(200)).await?;
+    let mut p = Pipeline::create(ctx, "broker-restart", &steady_opts(150)).await?;
     let src = p.start_source();
     p.start_sinks();
     let sink = p.sinks[0].clone();
     let flow = p.flow(
         ctx,
-        Times::Past,
+        STEADY_DATES,
         Plan::Mix {
             poison_ratio: POISON_RATIO,
         },
         RATE,
     )?;
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let (before_src, before_sink) = (p.progress(&src).await, p.progress(&sink).await);
     let down = Instant::now();
     ctx.cluster.lock().await.kafka.restart().await?;
@@ -564,7 +566,7 @@ async fn broker_restart(ctx: &Ctx) -> anyhow::Result<Outcome> {
     );
     p.keep_pending(m1);
     p.keep_pending(m2);
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let ledger = flow.finish().await?;
     Ok(judged(
         ctx,
@@ -574,19 +576,19 @@ async fn broker_restart(ctx: &Ctx) -> anyhow::Result<Outcome> {
 }
 
 async fn sink_restart_max_records(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, "sink-restart-max-records", &steady_opts(170)).await?;
+    let mut p = Pipeline::create(ctx, "sink-restart-max-records", &steady_opts(130)).await?;
     p.start_source();
     p.start_sinks();
     let sink = p.sinks[0].clone();
     let flow = p.flow(
         ctx,
-        Times::Past,
+        STEADY_DATES,
         Plan::Mix {
             poison_ratio: POISON_RATIO,
         },
         RATE,
     )?;
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let n = rng(ctx, 3).random_range(100..3000u64);
     let before = p.progress(&sink).await;
     let run = sink.run().unwrap_or(1);
@@ -614,7 +616,7 @@ async fn sink_restart_max_records(ctx: &Ctx) -> anyhow::Result<Outcome> {
         )),
         None => p.fail(format!("the --max-records {n} run did not end in time")),
     }
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let ledger = flow.finish().await?;
     Ok(judged(
         ctx,
@@ -649,19 +651,19 @@ fn with_custom_section(wasm: &[u8], note: &str) -> Vec<u8> {
 }
 
 async fn hot_swap(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, "hot-swap", &steady_opts(150)).await?;
+    let mut p = Pipeline::create(ctx, "hot-swap", &steady_opts(100)).await?;
     p.start_source();
     p.start_sinks();
     let sink = p.sinks[0].clone();
     let flow = p.flow(
         ctx,
-        Times::Past,
+        STEADY_DATES,
         Plan::Mix {
             poison_ratio: POISON_RATIO,
         },
         RATE,
     )?;
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let watched = p.modules_dir.join("form_flatten.wasm");
     let base = std::fs::read(&watched)?;
     let variant = with_custom_section(&base, &format!("hot swap at {}", chrono::Utc::now()));
@@ -699,7 +701,7 @@ async fn hot_swap(ctx: &Ctx) -> anyhow::Result<Outcome> {
         }
         None => p.fail("the sink did not swap the module within 30 s"),
     }
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let ledger = flow.finish().await?;
     let run = p.finish(ctx, ledger).await?;
     let mut digests: BTreeMap<String, usize> = BTreeMap::new();
@@ -725,7 +727,7 @@ async fn hot_swap(ctx: &Ctx) -> anyhow::Result<Outcome> {
 }
 
 async fn two_sinks_paused(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut opts = steady_opts(200);
+    let mut opts = steady_opts(150);
     opts.sinks = 2;
     let mut p = Pipeline::create(ctx, "two-sinks-paused", &opts).await?;
     p.start_source();
@@ -737,13 +739,13 @@ async fn two_sinks_paused(ctx: &Ctx) -> anyhow::Result<Outcome> {
     };
     let flow = p.flow(
         ctx,
-        Times::Past,
+        STEADY_DATES,
         Plan::Mix {
             poison_ratio: POISON_RATIO,
         },
         RATE,
     )?;
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let pause = Duration::from_millis(session) + Duration::from_secs(5);
     let pid = b.sigstop()?;
     p.note(format!(
@@ -753,7 +755,7 @@ async fn two_sinks_paused(ctx: &Ctx) -> anyhow::Result<Outcome> {
     p.hold(pause).await;
     b.sigcont()?;
     p.note("sink-b continued (-CONT)");
-    p.hold(Duration::from_secs(15)).await;
+    p.hold(Duration::from_secs(10)).await;
     let ledger = flow.finish().await?;
     Ok(judged(
         ctx,
@@ -763,7 +765,7 @@ async fn two_sinks_paused(ctx: &Ctx) -> anyhow::Result<Outcome> {
 }
 
 async fn poison(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, "poison", &steady_opts(150)).await?;
+    let mut p = Pipeline::create(ctx, "poison", &steady_opts(110)).await?;
     p.start_source();
     p.start_sinks();
     let mut kinds: Vec<Kind> = Vec::with_capacity(20_000);
@@ -774,7 +776,7 @@ async fn poison(ctx: &Ctx) -> anyhow::Result<Outcome> {
     }
     kinds.extend(std::iter::repeat_n(Kind::Valid, 10_000));
     kinds.shuffle(&mut rng(ctx, 4));
-    let flow = p.flow(ctx, Times::Past, Plan::List(kinds.into()), 1000.0)?;
+    let flow = p.flow(ctx, STEADY_DATES, Plan::List(kinds.into()), 1000.0)?;
     let ledger = flow.wait_all().await?;
     p.note(format!(
         "{} events produced ({} poison)",
@@ -808,7 +810,7 @@ async fn oracle_selftest(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut p = Pipeline::create(ctx, "oracle-selftest", &steady_opts(120)).await?;
     p.start_source();
     p.start_sinks();
-    let flow = p.flow(ctx, Times::Past, Plan::Mix { poison_ratio: 0.1 }, 200.0)?;
+    let flow = p.flow(ctx, STEADY_DATES, Plan::Mix { poison_ratio: 0.1 }, 200.0)?;
     p.hold(Duration::from_secs(3)).await;
     let ledger = flow.finish().await?;
     let run = p.finish(ctx, ledger).await?;

@@ -56,7 +56,6 @@ pub(crate) struct ExitRecord {
 /// One `kill -9` sent by the suite.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Kill {
-    pub(crate) pid: u32,
     pub(crate) at: Instant,
     /// How many kills this supervisor had sent before this one.
     pub(crate) index: usize,
@@ -143,11 +142,6 @@ impl Supervisor {
         self.lock().running.as_ref().map(|r| r.run)
     }
 
-    /// How many runs have started.
-    pub(crate) fn runs(&self) -> u32 {
-        self.lock().runs
-    }
-
     /// How many `kill -9` were sent.
     pub(crate) fn kills(&self) -> usize {
         self.lock().kills
@@ -186,7 +180,7 @@ impl Supervisor {
         if let Err(e) = send_signal(pid, "KILL") {
             eprintln!("chaos: kill -9 {pid} ({}): {e:#}", self.spec.label);
         }
-        Some(Kill { pid, at, index })
+        Some(Kill { at, index })
     }
 
     /// `kill -STOP` of the running connector; returns its pid.
@@ -222,20 +216,6 @@ impl Supervisor {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until a run numbered at least `run` is running (at most `timeout`).
-    pub(crate) async fn wait_running(&self, run: u32, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.run().is_some_and(|r| r >= run) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
