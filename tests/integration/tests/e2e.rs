@@ -106,7 +106,8 @@ fn source_config(
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{} (kafka-source's config)", path.display()))?;
     let mut v: serde_yaml::Value = serde_yaml::from_str(&text)?;
-    v["meta"]["topic"] = enriched.into();
+    // apiVersion 0.2.0: `meta.topic` is a map (Fluvio's TopicConfig).
+    v["meta"]["topic"] = serde_yaml::from_str(&format!("{{meta: {{name: {enriched}}}}}"))?;
     v["meta"]["name"] = "e2e-source".into();
     v["kafka"]["topic"] = events.into();
     v["kafka"]["group"] = group.into();

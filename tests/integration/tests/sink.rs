@@ -268,7 +268,7 @@ async fn s3_down_for_20s_stalls_then_resumes_exactly() -> Result<()> {
             let s = &setup;
             async move {
                 Ok(s.metrics().await.filter(|m| {
-                    metric_value(m, "component_errors_total{error_type=\"upload_failed\"") > 0.0
+                    metric_value(m, "component_errors_total{error_type=\"s3_") > 0.0
                 }))
             }
         },

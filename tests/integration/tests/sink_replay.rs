@@ -323,3 +323,93 @@ async fn replay_under_a_smaller_memory_budget_writes_every_row_once() -> Result<
     run_to_the_end(&setup, n).await?;
     check_output(&setup, n, "rm").await
 }
+
+/// `module` with a custom section appended: the same code (the same rows), other bytes, so
+/// the sink sees a changed module (another sha256) and swaps it in.
+fn variant_of(module: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"form-etl-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = module.to_vec();
+    out.push(0); // custom section
+    let mut n = payload.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The replay runs while the module file is replaced (a hot swap): the swap waits until the
+/// replay is done (the sink counts it), so it cannot cut the replayed segment.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_during_a_module_swap_writes_every_row_once() -> Result<()> {
+    if !cluster_available("replay_during_a_module_swap") {
+        return Ok(());
+    }
+    let setup = scenario("rswap", "").await?;
+    let n = 2000;
+    // Large records (~20 KiB): the replay of a 1000-record segment takes a while.
+    produce(&setup.topic, &records(n, "rs", |_| 2, 20_000)).await?;
+    let modules = setup.dir.join("modules");
+    std::fs::create_dir_all(&modules)?;
+    let base =
+        std::fs::read(root().join("target/wasm32-unknown-unknown/release/form_flatten.wasm"))
+            .context("the form-flatten module (make build-smartmodules)")?;
+    let path = modules.join("form_flatten.wasm");
+    std::fs::write(&path, &base)?;
+    let env = [("FORM_ETL_SMARTMODULE_DIR", modules.as_path())];
+
+    let mut run1 = setup.spawn_with_env(&[], &env)?;
+    let seen = wait_for("the first run's objects", Duration::from_secs(90), || {
+        let exited = run1.try_wait().ok().flatten();
+        let s = &setup;
+        async move {
+            if let Some(status) = exited {
+                bail!("the sink exited early ({status}):\n{}", s.log());
+            }
+            Ok((objects(s, "form").await?.len() >= 2).then_some(()))
+        }
+    })
+    .await;
+    kill_on_drop(&mut run1);
+    seen?;
+
+    let mut run2 = setup.spawn_with_env(&[], &env)?;
+    let res = async {
+        wait_for(
+            "run 2 to start replaying",
+            Duration::from_secs(60),
+            || async { Ok((received(&setup).await >= Some(1.0)).then_some(())) },
+        )
+        .await?;
+        let tmp = modules.join("form_flatten.wasm.tmp");
+        std::fs::write(&tmp, variant_of(&base, "v2"))?;
+        std::fs::rename(&tmp, &path)?;
+        // The watcher loads the new module; the swap must wait for the replay, then happen.
+        wait_for("the swap", Duration::from_secs(60), || async {
+            let m = setup.metrics().await;
+            Ok(m.filter(|m| metric_value(m, "s3_sink_transform_swaps_total") >= 1.0))
+        })
+        .await?;
+        let status = terminate(&mut run2, Duration::from_secs(60))?;
+        anyhow::ensure!(
+            status.success(),
+            "run 2 exited with {status}:\n{}",
+            setup.log()
+        );
+        Ok(())
+    }
+    .await;
+    kill_on_drop(&mut run2);
+    res?;
+    run_to_the_end(&setup, n).await?;
+    check_output(&setup, n, "rs").await
+}
