@@ -4,6 +4,7 @@ mod error;
 mod event;
 mod flatten;
 mod json;
+mod on_error;
 pub mod seed;
 mod time;
 
@@ -23,6 +24,7 @@ pub use flatten::{
     row_event_date, write_i64,
 };
 pub use json::plain_end as json_plain_end;
+pub use on_error::{ON_ERROR_PARAM, OnError, flatten_or_error_record, write_error_record};
 pub use seed::{CANARY_RETRIEVED_MICROS, canary_record, seed_enriched};
 pub use time::{
     TimestampError, day_to_date, format_rfc3339_micros, micros_to_date, parse_timestamp,
