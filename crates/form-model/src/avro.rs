@@ -1,9 +1,10 @@
 //! The Avro side (feature `avro`, host only): the two table schemas, embedded from
-//! `config/*.avsc`, and rows → `apache_avro` values, checked column by column.
+//! `config/*.avsc` (their first versions) or evolved from them ([`TableSchema`], see
+//! `evolve.rs`), and rows → `apache_avro` values, checked column by column.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use apache_avro::Schema;
 use apache_avro::types::Value as AvroValue;
@@ -54,6 +55,25 @@ impl ColumnType {
     }
 }
 
+impl ColumnType {
+    /// The Avro type name (`"string"`, …; timestamps are `long` with a logical type).
+    pub fn avro_json(self) -> serde_json::Value {
+        match self {
+            Self::String => "string".into(),
+            Self::Boolean => "boolean".into(),
+            Self::Long => "long".into(),
+            Self::Double => "double".into(),
+            Self::TimestampMicros => {
+                serde_json::json!({"type": "long", "logicalType": "timestamp-micros"})
+            }
+        }
+    }
+}
+
+/// The field attribute that keeps a column's original attribute name, when that name is not
+/// a valid Avro name and the column was named after it (see `evolve.rs`).
+pub const ORIGINAL_NAME_ATTRIBUTE: &str = "form_etl.original";
+
 /// A column of a table's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -63,14 +83,145 @@ pub struct Column {
     pub ty: ColumnType,
     /// `["null", T]` with default null.
     pub nullable: bool,
+    /// The attribute name the column stands for, when it is not `name` itself.
+    pub original: Option<String>,
 }
 
+/// One version of a table's schema: its Avro schema (and JSON text), its columns in order,
+/// and where a row's key goes (by column name or by original attribute name).
 #[derive(Debug)]
-struct TableSchema {
+pub struct TableSchema {
+    table: Table,
+    version: u32,
+    json: String,
     schema: Schema,
     columns: Vec<Column>,
-    /// Column name → position, for the streaming encoder.
+    /// Column name (and original attribute name) → position, for the streaming encoder.
     index: HashMap<String, usize, BuildHasherDefault<Fnv>>,
+    /// The first of the `form_…` columns a `form_field` row ends with (`usize::MAX`: none).
+    tail_from: usize,
+}
+
+impl TableSchema {
+    /// Version `version` of `table`'s schema, from its Avro JSON text.
+    pub fn from_json(table: Table, version: u32, json: &str) -> Result<Self, String> {
+        let schema = Schema::parse_str(json).map_err(|e| e.to_string())?;
+        let columns = columns_of(&schema)?;
+        // A row's key finds a column by the attribute name it stands for: its own name, or
+        // the original name it was mapped from (then not by its own name: another attribute
+        // may be called that).
+        let index = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.original.clone().unwrap_or_else(|| c.name.clone()), i))
+            .collect();
+        let tail_from = match table {
+            Table::Form => usize::MAX,
+            Table::FormField => columns
+                .iter()
+                .position(|c| c.name.starts_with("form_"))
+                .unwrap_or(usize::MAX),
+        };
+        Ok(Self {
+            table,
+            version,
+            json: json.to_owned(),
+            schema,
+            columns,
+            index,
+            tail_from,
+        })
+    }
+
+    /// The first version: `config/<table>.avsc` as embedded.
+    pub fn initial(table: Table) -> Arc<TableSchema> {
+        table.table_schema().clone()
+    }
+
+    /// Its table.
+    pub fn table(&self) -> Table {
+        self.table
+    }
+
+    /// Its version (1 for the embedded starting schema).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Its Avro JSON text.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The parsed schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The columns, in schema order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The position of the column for key `name` (the attribute name a column stands for).
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The first column of a `form_field` row's `form_…` tail.
+    pub(crate) fn tail_from(&self) -> usize {
+        self.tail_from
+    }
+
+    /// Whether a column is named `name`.
+    pub fn has_column_named(&self, name: &str) -> bool {
+        self.columns.iter().any(|c| c.name == name)
+    }
+
+    /// Whether every column of `self` is in `newer` at the same place with the same type:
+    /// `newer` only added columns after them.
+    pub fn is_prefix_of(&self, newer: &TableSchema) -> bool {
+        self.columns.len() <= newer.columns.len()
+            && self.columns.iter().zip(&newer.columns).all(|(a, b)| a == b)
+    }
+}
+
+/// The schemas rows are encoded with, one per table.
+#[derive(Debug, Clone)]
+pub struct Schemas {
+    tables: [Arc<TableSchema>; 2],
+}
+
+impl Schemas {
+    /// The embedded starting schemas (version 1).
+    pub fn initial() -> Self {
+        Self {
+            tables: Table::ALL.map(TableSchema::initial),
+        }
+    }
+
+    /// From one schema per table.
+    pub fn new(form: Arc<TableSchema>, form_field: Arc<TableSchema>) -> Self {
+        Self {
+            tables: [form, form_field],
+        }
+    }
+
+    /// `table`'s schema.
+    pub fn get(&self, table: Table) -> &Arc<TableSchema> {
+        &self.tables[table as usize]
+    }
+
+    /// Replaces `table`'s schema.
+    pub fn set(&mut self, schema: Arc<TableSchema>) {
+        let t = schema.table;
+        self.tables[t as usize] = schema;
+    }
+
+    /// The versions, by table.
+    pub fn versions(&self) -> [u32; 2] {
+        [self.tables[0].version, self.tables[1].version]
+    }
 }
 
 /// FNV-1a: column names are short and trusted (our schemas), SipHash is not needed.
@@ -121,19 +272,19 @@ impl Table {
         }
     }
 
-    /// The parsed schema (parsed once).
+    /// The parsed schema of the first version (parsed once).
     pub fn schema(self) -> &'static Schema {
         &self.table_schema().schema
     }
 
-    /// The columns, in schema order.
+    /// The columns of the first version, in schema order.
     pub fn columns(self) -> &'static [Column] {
         &self.table_schema().columns
     }
 
     /// The position of column `name` in [`Table::columns`].
     pub fn column_index(self, name: &str) -> Option<usize> {
-        self.table_schema().index.get(name).copied()
+        self.table_schema().column_index(name)
     }
 
     /// The timestamp column that dates a row (its object key's `event_date`):
@@ -145,29 +296,19 @@ impl Table {
         }
     }
 
-    fn table_schema(self) -> &'static TableSchema {
-        static FORM: OnceLock<TableSchema> = OnceLock::new();
-        static FORM_FIELD: OnceLock<TableSchema> = OnceLock::new();
+    fn table_schema(self) -> &'static Arc<TableSchema> {
+        static FORM: OnceLock<Arc<TableSchema>> = OnceLock::new();
+        static FORM_FIELD: OnceLock<Arc<TableSchema>> = OnceLock::new();
         let cell = match self {
             Self::Form => &FORM,
             Self::FormField => &FORM_FIELD,
         };
         cell.get_or_init(|| {
             // The embedded schemas are checked by the tests: failing here is a build defect.
-            let schema = Schema::parse_str(self.schema_json())
-                .unwrap_or_else(|e| panic!("embedded schema of `{}`: {e}", self.name()));
-            let columns = columns_of(&schema)
-                .unwrap_or_else(|e| panic!("embedded schema of `{}`: {e}", self.name()));
-            let index = columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name.clone(), i))
-                .collect();
-            TableSchema {
-                schema,
-                columns,
-                index,
-            }
+            Arc::new(
+                TableSchema::from_json(self, 1, self.schema_json())
+                    .unwrap_or_else(|e| panic!("embedded schema of `{}`: {e}", self.name())),
+            )
         })
     }
 }
@@ -195,10 +336,16 @@ fn columns_of(schema: &Schema) -> Result<Vec<Column>, String> {
                 Schema::TimestampMicros => ColumnType::TimestampMicros,
                 other => return Err(format!("column `{}`: unsupported type {other:?}", f.name)),
             };
+            let original = f
+                .custom_attributes
+                .get(ORIGINAL_NAME_ATTRIBUTE)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
             Ok(Column {
                 name: f.name.clone(),
                 ty,
                 nullable,
+                original,
             })
         })
         .collect()
@@ -251,12 +398,20 @@ impl SchemaMismatch {
 /// nullable columns as union branch 0 = null / 1 = value, timestamps as
 /// `TimestampMicros`). Consumes the row (strings are moved, not copied). An absent column
 /// is null.
-pub fn row_to_value(table: Table, mut row: Row) -> Result<AvroValue, SchemaMismatch> {
-    let columns = table.columns();
+pub fn row_to_value(table: Table, row: Row) -> Result<AvroValue, SchemaMismatch> {
+    row_to_value_with(table.table_schema(), row)
+}
+
+/// [`row_to_value`] with a given schema version (a row's key finds its column as in
+/// [`TableSchema::column_index`]).
+pub fn row_to_value_with(ts: &TableSchema, mut row: Row) -> Result<AvroValue, SchemaMismatch> {
+    let table = ts.table();
+    let columns = ts.columns();
     let mut fields = Vec::with_capacity(columns.len());
     for col in columns {
         // `shift_remove` keeps the order of what is left: the first extra column is reported.
-        let value = row.shift_remove(&col.name).unwrap_or(Value::Null);
+        let key = col.original.as_ref().unwrap_or(&col.name);
+        let value = row.shift_remove(key).unwrap_or(Value::Null);
         let mismatch = |problem| SchemaMismatch {
             table: table.name(),
             column: col.name.clone(),

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::avro::{ColumnType, Problem, SchemaMismatch, Table};
+use crate::avro::{ColumnType, Problem, SchemaMismatch, Schemas, Table, TableSchema};
 use crate::json::{Kind, Reader};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -62,25 +62,37 @@ pub enum EncodeError {
     Mismatch(#[from] SchemaMismatch),
 }
 
-/// Encodes every row of one output value, appending to `out`. On error `out` is left as it
-/// was: a record's rows are all encoded or none.
+/// Encodes every row of one output value with the first schema versions (the embedded
+/// `config/*.avsc`), appending to `out`. On error `out` is left as it was: a record's rows are
+/// all encoded or none.
 pub fn encode_output(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeError> {
+    static INITIAL: std::sync::OnceLock<Schemas> = std::sync::OnceLock::new();
+    encode_output_with(value, INITIAL.get_or_init(Schemas::initial), out)
+}
+
+/// [`encode_output`] with the given schemas (one version per table).
+pub fn encode_output_with(
+    value: &[u8],
+    schemas: &Schemas,
+    out: &mut EncodedRows,
+) -> Result<(), EncodeError> {
     let (bytes_len, rows_len) = (out.bytes.len(), out.rows.len());
     // The hand-written reader takes what is valid and fits; anything else (and every error,
     // for its exact text) goes through serde_json below.
-    if encode_fast(value, out).is_some() {
+    if encode_fast(value, schemas, out).is_some() {
         return Ok(());
     }
     out.bytes.truncate(bytes_len);
     out.rows.truncate(rows_len);
-    encode_serde(value, out)
+    encode_serde(value, schemas, out)
 }
 
 /// [`encode_output`] through serde_json: every answer, errors included.
-fn encode_serde(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeError> {
+fn encode_serde(value: &[u8], schemas: &Schemas, out: &mut EncodedRows) -> Result<(), EncodeError> {
     let (bytes_len, rows_len) = (out.bytes.len(), out.rows.len());
     let mut state = State {
         out,
+        schemas,
         mismatch: None,
         seen: [false; 2],
     };
@@ -103,7 +115,7 @@ fn encode_serde(value: &[u8], out: &mut EncodedRows) -> Result<(), EncodeError> 
 /// [`encode_output`] for an output value whose every row fits, read by `json::Reader`:
 /// `None` for anything else (a syntax error, a key or value the schema refuses, an input the
 /// reader leaves to serde_json), with `out` then partly written.
-fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
+fn encode_fast(value: &[u8], schemas: &Schemas, out: &mut EncodedRows) -> Option<()> {
     let mut r = Reader::new(value)?;
     if r.next_token()? != b'{' {
         return None;
@@ -126,9 +138,10 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
         {
             return None;
         }
-        let schema_columns = table.columns();
+        let ts: &TableSchema = schemas.get(table);
+        let schema_columns = ts.columns();
         let columns = schema_columns.len();
-        let tail_from = tail_start(table);
+        let tail_from = ts.tail_from();
         tail.clear();
         if !r.eat(b']') {
             loop {
@@ -153,7 +166,7 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                         // the key (column names are plain: `[A-Za-z0-9_]`).
                         let column = match schema_columns.get(next) {
                             Some(c) if r.eat_plain_string(&c.name) => next,
-                            _ => table.column_index(&r.string()?)?,
+                            _ => ts.column_index(&r.string()?)?,
                         };
                         next = column + 1;
                         if in_tail.is_none() && column >= tail_from {
@@ -212,7 +225,7 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
                     from: tail_from,
                     reuse: reuse.as_ref(),
                 };
-                let suffix = encode_row(table, &slots, None, out, split).ok()?;
+                let suffix = encode_row(ts, &slots, None, out, split).ok()?;
                 // The next rows may reuse this row's encoded tail if it sets only tail
                 // columns (then their values there are exactly this row's).
                 if in_tail.is_some() && tail.sets.iter().all(|(c, _)| *c >= tail_from) {
@@ -232,22 +245,6 @@ fn encode_fast(value: &[u8], out: &mut EncodedRows) -> Option<()> {
         }
     }
     (seen == [true; 2] && r.at_end()).then_some(())
-}
-
-/// The first column of a table's shared tail: `form_field` rows end with the form's columns
-/// (`form_…`, last in the schema); `form` has none. Found once: the schemas are fixed.
-fn tail_start(table: Table) -> usize {
-    static FORM_FIELD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    match table {
-        Table::Form => usize::MAX,
-        Table::FormField => *FORM_FIELD.get_or_init(|| {
-            table
-                .columns()
-                .iter()
-                .position(|c| c.name.starts_with("form_"))
-                .unwrap_or(usize::MAX)
-        }),
-    }
 }
 
 /// The previous row's tail: its text in the value, the columns it set, in order, and its
@@ -277,6 +274,7 @@ impl Tail<'_> {
 
 struct State<'o> {
     out: &'o mut EncodedRows,
+    schemas: &'o Schemas,
     /// The first row that did not fit: later rows are still parsed (a syntax error anywhere
     /// wins, as with a full parse) but not encoded.
     mismatch: Option<SchemaMismatch>,
@@ -309,9 +307,10 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
                 return Err(de::Error::duplicate_field(table.name()));
             }
             *seen = true;
+            let ts = self.0.schemas.get(table).clone();
             map.next_value_seed(RowsSeed {
                 state: self.0,
-                table,
+                table: &ts,
             })?;
         }
         for t in Table::ALL {
@@ -325,7 +324,7 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
 
 struct RowsSeed<'s, 'o> {
     state: &'s mut State<'o>,
-    table: Table,
+    table: &'s TableSchema,
 }
 
 impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_> {
@@ -367,7 +366,7 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
 /// Parses one row object into `slots` (by column position); answers the first key the
 /// schema lacks, if any.
 struct RowSeed<'s, 'de> {
-    table: Table,
+    table: &'s TableSchema,
     slots: &'s mut Vec<Option<Scalar<'de>>>,
 }
 
@@ -428,7 +427,7 @@ struct Suffix {
 
 /// Encodes one row; answers its encoded suffix (from `split.from`), if the row has one.
 fn encode_row(
-    table: Table,
+    table: &TableSchema,
     slots: &[Option<Scalar<'_>>],
     extra: Option<String>,
     out: &mut EncodedRows,
@@ -444,7 +443,7 @@ fn encode_row(
         }
     };
     out.rows.push(EncodedRow {
-        table,
+        table: table.table(),
         day,
         range: start..out.bytes.len(),
     });
@@ -452,16 +451,17 @@ fn encode_row(
 }
 
 fn write_row(
-    table: Table,
+    schema: &TableSchema,
     slots: &[Option<Scalar<'_>>],
     extra: Option<String>,
     buf: &mut Vec<u8>,
     split: Split<'_>,
 ) -> Result<(i64, Option<Suffix>), SchemaMismatch> {
+    let table = schema.table();
     let date_column = table.date_column();
     let mut micros = None;
     let mut suffix = None;
-    for (i, (col, slot)) in table.columns().iter().zip(slots).enumerate() {
+    for (i, (col, slot)) in schema.columns().iter().zip(slots).enumerate() {
         if i == split.from {
             if let Some(reuse) = split.reuse {
                 buf.extend_from_within(reuse.bytes.clone());
@@ -745,6 +745,62 @@ mod tests {
         }
     }
 
+    /// Every golden case's output, the schemas evolved until it fits (new columns, rescued
+    /// values): the fast path, the serde path and apache-avro's datum writer agree.
+    #[test]
+    fn evolved_schemas_encode_every_golden_case_as_apache_avro_does() {
+        use crate::avro::{Schemas, row_to_value_with};
+        use crate::evolve::{Policy, evolve, needs, rescue};
+        let mut evolved = 0;
+        for case in crate::golden::load_cases() {
+            let mut out = Vec::new();
+            if flatten_to_json(&case.input, &mut out).is_err() {
+                continue;
+            }
+            let mut schemas = Schemas::initial();
+            let mut value = out.clone();
+            if encode_output_with(&value, &schemas, &mut EncodedRows::default()).is_err() {
+                evolved += 1;
+                let n = needs(&value, &schemas, &Policy::default()).unwrap();
+                for t in Table::ALL {
+                    if !n.changes[t as usize].is_empty() {
+                        let next = evolve(schemas.get(t), &n.changes[t as usize]).unwrap();
+                        schemas.set(std::sync::Arc::new(next));
+                    }
+                }
+                if let Some((v, _)) = rescue(&value, &schemas).unwrap() {
+                    value = v;
+                }
+            }
+            let mut fast = EncodedRows::default();
+            let mut slow = EncodedRows::default();
+            encode_serde(&value, &schemas, &mut slow)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            if encode_fast(&value, &schemas, &mut fast).is_some() {
+                assert_eq!(
+                    (&fast.bytes, &fast.rows),
+                    (&slow.bytes, &slow.rows),
+                    "{}",
+                    case.name
+                );
+            }
+            let flat = Flattened::from_slice(&value).unwrap();
+            let rows: Vec<(Table, crate::Row)> = flat
+                .form
+                .into_iter()
+                .map(|r| (Table::Form, r))
+                .chain(flat.form_field.into_iter().map(|r| (Table::FormField, r)))
+                .collect();
+            assert_eq!(rows.len(), slow.rows.len(), "{}", case.name);
+            for ((t, row), enc) in rows.into_iter().zip(&slow.rows) {
+                let ts = schemas.get(t);
+                let v = row_to_value_with(ts, row).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+                assert_eq!(datum_of(ts.schema(), v), slow.datum(enc), "{}", case.name);
+            }
+        }
+        assert!(evolved >= 5, "only {evolved} cases needed a new schema");
+    }
+
     #[test]
     fn golden_cases_encode_like_apache_avro() {
         let mut n = 0;
@@ -902,16 +958,20 @@ mod tests {
             }
         }
         let mut taken = 0;
+        let initial = Schemas::initial();
         for v in &valid {
             let mut slow = EncodedRows::default();
-            if encode_serde(v.as_bytes(), &mut slow).is_err() {
+            if encode_serde(v.as_bytes(), &initial, &mut slow).is_err() {
                 // Rows the schema refuses (a golden case's extra columns): serde_json's.
-                assert!(encode_fast(v.as_bytes(), &mut EncodedRows::default()).is_none());
+                assert!(encode_fast(v.as_bytes(), &initial, &mut EncodedRows::default()).is_none());
                 continue;
             }
             taken += 1;
             let mut fast = EncodedRows::default();
-            assert!(encode_fast(v.as_bytes(), &mut fast).is_some(), "{v}");
+            assert!(
+                encode_fast(v.as_bytes(), &initial, &mut fast).is_some(),
+                "{v}"
+            );
             assert_eq!((fast.bytes, fast.rows), (slow.bytes, slow.rows), "{v}");
         }
         assert!(taken >= 8, "only {taken} valid outputs");

@@ -16,6 +16,8 @@ pub mod golden;
 pub mod avro;
 #[cfg(feature = "avro")]
 pub mod avro_encode;
+#[cfg(feature = "avro")]
+pub mod evolve;
 
 pub use error::{DlqReason, RecordError};
 pub use event::{DELETED_EVENT_TYPE, EnrichedRecord, Event, Source, validate_api_form};
