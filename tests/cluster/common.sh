@@ -46,6 +46,8 @@ ICEBERG_WAREHOUSE="s3://$ICEBERG_BUCKET/warehouse"
 TOPICS=(form.events form.enriched form.events.dlq)
 PARTITIONS="${FORM_ETL_PARTITIONS:-3}"
 FORMS_GENERATE="${FORM_ETL_FORMS_GENERATE:-1000}"
+# Typeform-shaped forms tf-000000 … (forms-api --typeform N): the schema-evolution tests use them.
+FORMS_TYPEFORM="${FORM_ETL_FORMS_TYPEFORM:-1000}"
 FORMS_SEED="${FORM_ETL_FORMS_SEED:-42}"
 FORMS_DIR="${FORM_ETL_FORMS_DIR:-$ROOT/tests/fixtures/seed/forms}"
 # Seconds each service gets to become ready.

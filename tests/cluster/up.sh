@@ -113,7 +113,7 @@ start_forms_api() {
   check_port_free forms-api "$FORMS_API_PORT"
   check_port_free forms-api-admin "$FORMS_ADMIN_PORT"
   start forms-api "$FORMS_API_BIN" --port "$FORMS_API_PORT" --admin-port "$FORMS_ADMIN_PORT" \
-    --forms-dir "$FORMS_DIR" --generate "$FORMS_GENERATE" --seed "$FORMS_SEED"
+    --forms-dir "$FORMS_DIR" --generate "$FORMS_GENERATE" --typeform "$FORMS_TYPEFORM" --seed "$FORMS_SEED"
 }
 
 # ---- Apache Iceberg's REST catalog (our launcher of its servlet: tests/cluster/iceberg-rest) ----

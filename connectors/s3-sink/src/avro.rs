@@ -10,7 +10,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use apache_avro::{Codec, Schema, Writer, types::Value};
+use std::sync::Arc;
+
+use apache_avro::{Codec, Writer, types::Value};
+use form_model::avro::TableSchema;
 use form_model::avro_encode::put_long;
 
 /// Avro block size in bytes before compression (apache-avro's default is 16000).
@@ -51,7 +54,7 @@ fn compress(codec: Codec, data: &mut Vec<u8>) -> Result<(), EncodeError> {
 
 /// One open Avro file.
 pub(crate) struct FileEncoder {
-    schema: &'static Schema,
+    schema: Arc<TableSchema>,
     codec: Codec,
     marker: [u8; 16],
     /// Datums of the block being filled (uncompressed).
@@ -83,7 +86,7 @@ pub(crate) struct FinishedFile {
 }
 
 impl FileEncoder {
-    pub(crate) fn new(schema: &'static Schema, codec: Codec, part_size: usize) -> Self {
+    pub(crate) fn new(schema: Arc<TableSchema>, codec: Codec, part_size: usize) -> Self {
         // The sync marker is random, like every Avro writer's: keys and rows are what a replay
         // must reproduce, not the bytes.
         let marker: [u8; 16] = rand::random();
@@ -186,7 +189,7 @@ impl FileEncoder {
             user_metadata.insert(k.clone(), Value::Bytes(v.as_bytes().to_vec()));
         }
         let mut header_writer = Writer::builder()
-            .schema(self.schema)
+            .schema(self.schema.schema())
             .writer(Vec::new())
             .codec(self.codec)
             .marker(self.marker)
@@ -210,12 +213,20 @@ mod tests {
     use super::*;
     use apache_avro::Reader;
 
-    fn schema() -> &'static Schema {
-        let s = Schema::parse_str(
-            r#"{"type":"record","name":"r","fields":[{"name":"id","type":"string"},{"name":"n","type":["null","long"],"default":null}]}"#,
+    fn table_schema() -> Arc<TableSchema> {
+        Arc::new(
+            TableSchema::from_json(
+                form_model::avro::Table::Form,
+                1,
+                r#"{"type":"record","name":"r","fields":[{"name":"id","type":"string"},{"name":"n","type":["null","long"],"default":null}]}"#,
+            )
+            .unwrap(),
         )
-        .unwrap();
-        Box::leak(Box::new(s))
+    }
+
+    fn schema() -> &'static apache_avro::Schema {
+        let leaked: &'static Arc<TableSchema> = Box::leak(Box::new(table_schema()));
+        leaked.schema()
     }
 
     fn row(i: i64) -> Value {
@@ -250,7 +261,7 @@ mod tests {
             Codec::Zstandard(apache_avro::ZstandardSettings::new(3)),
             Codec::Deflate(apache_avro::DeflateSettings::default()),
         ] {
-            let mut enc = FileEncoder::new(schema(), codec, 100_000);
+            let mut enc = FileEncoder::new(table_schema(), codec, 100_000);
             let mut parts = Vec::new();
             for i in 0..50_000 {
                 enc.append(&datum(i)).unwrap();
@@ -279,7 +290,7 @@ mod tests {
     #[test]
     fn byte_count_is_deterministic() {
         let run = || {
-            let mut enc = FileEncoder::new(schema(), Codec::Snappy, 1 << 20);
+            let mut enc = FileEncoder::new(table_schema(), Codec::Snappy, 1 << 20);
             for i in 0..10_000 {
                 enc.append(&datum(i)).unwrap();
             }
@@ -291,7 +302,7 @@ mod tests {
 
     #[test]
     fn empty_tail_small_file() {
-        let mut enc = FileEncoder::new(schema(), Codec::Null, 1 << 20);
+        let mut enc = FileEncoder::new(table_schema(), Codec::Null, 1 << 20);
         enc.append(&datum(1)).unwrap();
         let f = enc.finish(&[]).unwrap();
         let (rows, _) = read_all(&[f.head, f.tail].concat());

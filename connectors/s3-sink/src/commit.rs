@@ -168,7 +168,7 @@ impl Manager {
                 open,
             } => {
                 if let Some(p) = self.tracker.current(partition, epoch) {
-                    p.next_offset = Some(next_offset);
+                    p.next_offset = Some(p.next_offset.map_or(next_offset, |n| n.max(next_offset)));
                     p.open = open;
                 }
             }
@@ -218,13 +218,14 @@ impl Manager {
             reason,
             first_ts_ms,
             fingerprint,
+            versions,
             files,
         } = seg;
         let Some(p) = self.tracker.current(partition, epoch) else {
             return;
         };
         let keys: Keys = files.iter().map(|f| (f.table, f.day)).collect();
-        let (stale, track) = match p.closed(start, end, keys, &fingerprint, first_ts_ms) {
+        let (stale, track) = match p.closed(start, end, keys, &fingerprint, versions, first_ts_ms) {
             Ok(v) => v,
             Err(bug) => {
                 // A bug of ours: stop rather than write objects no record covers.
@@ -331,6 +332,27 @@ impl Manager {
                     .increment(1);
                 self.failure.get_or_insert(msg);
             }
+        }
+    }
+
+    /// The consumer's position of `partition` is `position`: when the pipeline has handled
+    /// every record received for it (`forwarded`: the offset after the last one, `None` if none
+    /// came since the assignment), what lies between is transaction markers, and the committed
+    /// offset may move past them (to the end of the topic, when that is where it stands).
+    pub(crate) fn advance_to_position(
+        &mut self,
+        partition: i32,
+        position: i64,
+        forwarded: Option<i64>,
+    ) {
+        let Some(p) = self.tracker.partitions.get_mut(&partition) else {
+            return;
+        };
+        let Some(handled) = p.next_offset else {
+            return;
+        };
+        if forwarded.is_none_or(|f| f == handled) && position > handled {
+            p.next_offset = Some(position);
         }
     }
 

@@ -42,6 +42,9 @@ pub(crate) struct SinkConfig {
     pub(crate) commit: CommitConfig,
     /// Output: S3 (or `file://`), file format and rolling.
     pub(crate) s3: S3Config,
+    /// How the tables' schemas follow the data.
+    #[serde(default)]
+    pub(crate) schema: SchemaConfig,
     /// The SmartModule chain (`uses`: a name looked up as `<name>.wasm` in
     /// `$FORM_ETL_SMARTMODULE_DIR` then `target/wasm32-unknown-unknown/release/`, or a path
     /// ending in `.wasm`; `with`: init parameters), run in-process by form-transforms. The
@@ -61,6 +64,7 @@ impl ConnectorConfig for SinkConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate("kafka")?;
         self.s3.validate()?;
+        self.schema.validate()?;
         if self.transforms.is_empty() {
             return Err(ConfigError::invalid(
                 "transforms",
@@ -87,6 +91,82 @@ impl SinkConfig {
             .transactional_id
             .clone()
             .unwrap_or_else(|| format!("{}-{}", self.meta.name, self.group()))
+    }
+}
+
+/// The `schema:` section: schema evolution (see `form_model::evolve` and docs/internals.md,
+/// "Schema evolution"). `config/*.avsc` are the starting schemas (version 1); the versions are
+/// kept beside the data, `{s3.prefix}/_schemas/{table}/v{N}.avsc`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub(crate) struct SchemaConfig {
+    /// `evolve` (a new attribute adds a column) or `strict` (the starting schema only: a row
+    /// that does not fit goes to the dead-letter queue).
+    pub(crate) mode: SchemaMode,
+    /// A value whose type conflicts with its column: `rescue` (the column null, the value in
+    /// `_rescued_data`), `widen` (long → double, others rescued), `dlq`.
+    pub(crate) on_type_conflict: ConflictPolicy,
+    /// Columns per table at most; further attributes go to `_rescued_data`.
+    pub(crate) max_columns: usize,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        Self {
+            mode: SchemaMode::Evolve,
+            on_type_conflict: ConflictPolicy::Rescue,
+            max_columns: form_model::evolve::DEFAULT_MAX_COLUMNS,
+        }
+    }
+}
+
+/// `schema.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SchemaMode {
+    Evolve,
+    Strict,
+}
+
+/// `schema.on-type-conflict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ConflictPolicy {
+    Rescue,
+    Widen,
+    Dlq,
+}
+
+impl SchemaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let min = form_model::avro::Table::ALL
+            .iter()
+            .map(|t| t.columns().len())
+            .max()
+            .unwrap_or(0);
+        if self.max_columns < min {
+            return Err(ConfigError::invalid(
+                "schema.max-columns",
+                format!("must be at least {min} (the starting schemas' columns)"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn policy(&self) -> form_model::evolve::Policy {
+        use form_model::evolve::{Mode, OnConflict, Policy};
+        Policy {
+            mode: match self.mode {
+                SchemaMode::Evolve => Mode::Evolve,
+                SchemaMode::Strict => Mode::Strict,
+            },
+            on_conflict: match self.on_type_conflict {
+                ConflictPolicy::Rescue => OnConflict::Rescue,
+                ConflictPolicy::Widen => OnConflict::Widen,
+                ConflictPolicy::Dlq => OnConflict::Dlq,
+            },
+            max_columns: self.max_columns,
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod config;
 mod keys;
 mod pipeline;
 mod rolling;
+mod schemas;
 mod seal;
 mod sink;
 mod store;
@@ -56,6 +57,17 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9465";
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The dead-letter queue (`dlq.topic` of the config): list the letters, or re-send chosen
+    /// ones to the topic they came from, exactly once. The letters of every connector are
+    /// there: filter with `--connector`.
+    #[command(subcommand)]
+    Dlq(connector_common::redrive::DlqCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +77,14 @@ fn main() -> anyhow::Result<()> {
     // config's own check runs without it and this function says OK only once they load.
     let check = std::mem::take(&mut args.common.check_config);
     let cfg: SinkConfig = args.common.load_config_or_exit(DEFAULT_CONFIG);
+    if let Some(Command::Dlq(cmd)) = args.command {
+        telemetry::init_logging(args.common.log_format);
+        return connector_common::redrive::run_command(
+            &cmd,
+            &cfg.kafka.client_config(),
+            &cfg.dlq.topic,
+        );
+    }
     if check {
         let path = args
             .common

@@ -26,8 +26,10 @@ use tracing::{debug, error, info};
 use crate::avro::{FileEncoder, FinishedFile};
 use crate::keys::object_key;
 use crate::rolling::{FileSize, RollReason, RollingPolicy};
-use crate::tables::{Table, TableCodec};
-use crate::transform::{Prepared, Transform};
+use crate::schemas::Evolver;
+use crate::tables::Table;
+use crate::transform::{Prepared, Refusal, Transform};
+use form_model::avro::Schemas;
 use form_model::avro_encode::EncodedRows;
 use form_transforms::{Input, Output, TransformError};
 
@@ -49,12 +51,13 @@ impl InRecord {
     }
 }
 
-/// A segment recorded by an earlier run: the replay names its files by `start` and closes it
-/// at `end`.
+/// A segment recorded by an earlier run: the replay names its files by `start`, closes it at
+/// `end`, and writes them with the schema versions it was recorded with (when known).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Replay {
     pub(crate) start: i64,
     pub(crate) end: i64,
+    pub(crate) versions: Option<[u32; 2]>,
 }
 
 /// Commands from the async side.
@@ -134,6 +137,8 @@ pub(crate) struct SealedSegment {
     pub(crate) first_ts_ms: Option<i64>,
     /// What produced its rows (the modules' digests), for the record.
     pub(crate) fingerprint: String,
+    /// The schema versions of its files, by table.
+    pub(crate) versions: [u32; 2],
     pub(crate) files: Vec<SealedFile>,
 }
 
@@ -263,6 +268,8 @@ struct OpenFile {
 struct Segment {
     start: i64,
     first_ts_ms: Option<i64>,
+    /// The schemas of its files (one version per table for the whole segment).
+    schemas: Schemas,
     /// By (table, event day since 1970-01-01): at most one file each.
     files: BTreeMap<(Table, i64), OpenFile>,
     /// Transform modules (name, sha256) that produced rows of this segment.
@@ -315,7 +322,9 @@ impl Transform for Lent {
 pub(crate) struct Pipeline {
     settings: PipelineSettings,
     transform: Box<dyn Transform>,
-    tables: TableCodec,
+    evolver: Evolver,
+    /// The schemas of recorded segments being replayed, by versions.
+    replay_schemas: HashMap<[u32; 2], Schemas>,
     partitions: HashMap<i32, PartitionState>,
     events: mpsc::Sender<Event>,
     inflight: Arc<InFlightBudget>,
@@ -336,13 +345,14 @@ impl Pipeline {
     pub(crate) fn new(
         settings: PipelineSettings,
         transform: Box<dyn Transform>,
-        tables: TableCodec,
+        evolver: Evolver,
         events: mpsc::Sender<Event>,
         inflight: Arc<InFlightBudget>,
     ) -> Self {
         Self {
             settings,
-            tables,
+            evolver,
+            replay_schemas: HashMap::new(),
             partitions: HashMap::new(),
             events,
             generation: transform.generation(),
@@ -545,7 +555,8 @@ impl Pipeline {
         // The chain runs while this pipeline files the rows it hands over (chunk by chunk, in
         // order): it is lent out of `self` meanwhile.
         let mut transform = std::mem::replace(&mut self.transform, Box::new(Lent));
-        let outcome = transform.prepare_each(&inputs, &mut |first, prepared| {
+        let schemas = self.evolver.current().clone();
+        let outcome = transform.prepare_each(&inputs, &schemas, &mut |first, prepared| {
             anyhow::ensure!(
                 first == handed && first + prepared.len() <= records.len(),
                 "the transform chain handed results for records {first}..{} of {} (expected from {handed})",
@@ -596,12 +607,27 @@ impl Pipeline {
         digests: &[(String, String)],
         rows_by_table: &mut [u64; 2],
     ) -> anyhow::Result<bool> {
-        match prepared {
-            Ok(rows) => {
+        // A replayed segment is written with the versions it was recorded with; everything
+        // else with the current ones (evolved here when a row needs it).
+        let fixed = self.replay_schemas_of(rec.partition)?;
+        let target = fixed.as_ref().unwrap_or(self.evolver.current()).versions();
+        let encoded = match prepared {
+            Ok(p) if p.versions == target => Ok((p.rows, p.versions)),
+            Ok(p) => self.encode_again(&p.outputs, fixed.as_ref())?,
+            Err(Refusal::Mismatch(outputs)) => self.encode_again(&outputs, fixed.as_ref())?,
+            Err(Refusal::Dlq(reason, detail)) => Err((reason, detail)),
+        };
+        match encoded {
+            Ok((rows, versions)) => {
                 for r in &rows.rows {
                     rows_by_table[r.table as usize] += 1;
                 }
-                self.accept(rec, &rows, digests)?;
+                let schemas = match fixed {
+                    Some(f) => f,
+                    None => self.evolver.current().clone(),
+                };
+                debug_assert_eq!(schemas.versions(), versions);
+                self.accept(rec, &rows, &schemas, digests)?;
             }
             Err((reason, detail)) => {
                 metrics::counter!("s3_sink_dlq_records_total", "reason" => reason.as_str())
@@ -622,10 +648,45 @@ impl Pipeline {
                 if !self.emit(ev) {
                     return Ok(false);
                 }
-                self.accept(rec, &EncodedRows::default(), digests)?;
+                let schemas = self.evolver.current().clone();
+                self.accept(rec, &EncodedRows::default(), &schemas, digests)?;
             }
         }
         Ok(true)
+    }
+
+    /// The schemas a replayed segment of partition `p` is written with, if it replays one
+    /// whose versions were recorded.
+    fn replay_schemas_of(&mut self, p: i32) -> anyhow::Result<Option<Schemas>> {
+        let Some(versions) = self
+            .partitions
+            .get(&p)
+            .and_then(|ps| ps.replay.front())
+            .and_then(|r| r.versions)
+        else {
+            return Ok(None);
+        };
+        if let Some(s) = self.replay_schemas.get(&versions) {
+            return Ok(Some(s.clone()));
+        }
+        let s = self.evolver.schemas_of(versions)?;
+        self.replay_schemas.insert(versions, s.clone());
+        Ok(Some(s))
+    }
+
+    /// Encodes a record's outputs on this thread: under `fixed`, or the current schemas
+    /// evolved as needed.
+    #[allow(clippy::type_complexity)]
+    fn encode_again(
+        &mut self,
+        outputs: &[form_transforms::Output],
+        fixed: Option<&Schemas>,
+    ) -> anyhow::Result<Result<(EncodedRows, [u32; 2]), (DlqReason, String)>> {
+        let mut rows = EncodedRows::default();
+        Ok(self
+            .evolver
+            .encode(outputs, fixed, &mut rows)?
+            .map(|e| (rows, e.versions)))
     }
 
     /// Adds one record's rows to its partition's segment, rolling before/after as the policy
@@ -634,6 +695,7 @@ impl Pipeline {
         &mut self,
         rec: &InRecord,
         rows: &EncodedRows,
+        schemas: &Schemas,
         digests: &[(String, String)],
     ) -> anyhow::Result<()> {
         let p = rec.partition;
@@ -648,6 +710,10 @@ impl Pipeline {
         if replay.is_none() && !rows.rows.is_empty() {
             let ps = &self.partitions[&p];
             let before = ps.segment.as_ref().and_then(|seg| {
+                // A file has one schema: rows of other versions start a new segment.
+                if seg.schemas.versions() != schemas.versions() {
+                    return Some(RollReason::SchemaChange);
+                }
                 let age = rec
                     .timestamp_ms
                     .and_then(|ts| policy.roll_before(seg.first_ts_ms.unwrap_or(ts), ts));
@@ -666,6 +732,7 @@ impl Pipeline {
             let seg = ps.segment.get_or_insert_with(|| Segment {
                 start,
                 first_ts_ms: rec.timestamp_ms,
+                schemas: schemas.clone(),
                 files: BTreeMap::new(),
                 digests: BTreeSet::new(),
             });
@@ -688,7 +755,8 @@ impl Pipeline {
                         p,
                         seg.start,
                     );
-                    let enc = FileEncoder::new(self.tables.schema(table), codec, part_size);
+                    let ts = seg.schemas.get(table.into()).clone();
+                    let enc = FileEncoder::new(ts, codec, part_size);
                     OpenFile {
                         id,
                         key,
@@ -744,6 +812,9 @@ impl Pipeline {
             reason: RollReason::Replayed,
             first_ts_ms: None,
             fingerprint: fingerprint(digests.iter()),
+            versions: r
+                .versions
+                .unwrap_or_else(|| self.evolver.current().versions()),
             files: Vec::new(),
         };
         if !self.emit(Event::Sealed(sealed)) {
@@ -850,6 +921,7 @@ impl Pipeline {
             reason,
             first_ts_ms: seg.first_ts_ms,
             fingerprint: fingerprint(seg.digests.iter()),
+            versions: seg.schemas.versions(),
             files,
         };
         if !self.emit(Event::Sealed(sealed)) {
@@ -1053,22 +1125,44 @@ mod tests {
     struct Harness {
         pipe: Pipeline,
         rx: mpsc::Receiver<Event>,
+        _rt: tokio::runtime::Runtime,
+        _dir: tempfile::TempDir,
     }
 
     fn harness(max_records: u64) -> Harness {
         harness_with(max_records, Identity::default())
     }
 
+    /// A pipeline with its schema versions in a temporary directory (a `file://` store).
     fn harness_with(max_records: u64, transform: Identity) -> Harness {
         let (tx, rx) = mpsc::channel(100_000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::ObjectStore> =
+            Arc::new(crate::store::FsStore::new(dir.path().join("bucket")));
+        let registry = crate::schemas::Registry::new(store, "p", Default::default());
+        let evolver = rt
+            .block_on(Evolver::open(
+                registry,
+                form_model::evolve::Policy::default(),
+            ))
+            .unwrap();
         let pipe = Pipeline::new(
             settings(max_records),
             Box::new(transform),
-            TableCodec::load_default().unwrap(),
+            evolver,
             tx,
             InFlightBudget::new(1 << 30),
         );
-        Harness { pipe, rx }
+        Harness {
+            pipe,
+            rx,
+            _rt: rt,
+            _dir: dir,
+        }
     }
 
     /// (start, end, keys) of every sealed segment so far.
@@ -1126,7 +1220,11 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                replay: vec![Replay { start: 0, end: 4 }],
+                replay: vec![Replay {
+                    start: 0,
+                    end: 4,
+                    versions: None,
+                }],
             })
             .unwrap();
         h.pipe.handle(Cmd::Batch(recs)).unwrap();
@@ -1144,9 +1242,23 @@ mod tests {
         assert_eq!((s[0].0, s[0].1), (4, 10));
     }
 
+    /// A record with `extra` attributes added to its form row.
+    fn with_form_attributes(mut r: InRecord, extra: serde_json::Value) -> InRecord {
+        let mut v: serde_json::Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+        for (k, x) in extra.as_object().unwrap() {
+            v["form"][0][k] = x.clone();
+        }
+        r.value = Some(v.to_string().into_bytes());
+        r
+    }
+
     #[test]
-    fn dead_letter_for_schema_mismatch() {
+    fn strict_mode_dead_letters_a_schema_mismatch() {
         let mut h = harness(1000);
+        h.pipe.evolver.set_policy(form_model::evolve::Policy {
+            mode: form_model::evolve::Mode::Strict,
+            ..Default::default()
+        });
         h.pipe
             .handle(Cmd::Assign {
                 partition: 0,
@@ -1154,10 +1266,7 @@ mod tests {
                 replay: vec![],
             })
             .unwrap();
-        let mut bad = record(0, 0, 1, 1);
-        let mut v: serde_json::Value = serde_json::from_slice(bad.value.as_ref().unwrap()).unwrap();
-        v["form"][0]["surprise"] = serde_json::json!(1);
-        bad.value = Some(v.to_string().into_bytes());
+        let bad = with_form_attributes(record(0, 0, 1, 1), serde_json::json!({"surprise": 1}));
         h.pipe
             .handle(Cmd::Batch(vec![bad, record(0, 1, 1, 1)]))
             .unwrap();
@@ -1174,9 +1283,95 @@ mod tests {
         }
         assert_eq!(dlq.len(), 1);
         assert_eq!(dlq[0].reason, DlqReason::SchemaMismatch);
-        assert!(dlq[0].detail.contains("surprise"), "{}", dlq[0].detail);
+        assert_eq!(
+            dlq[0].detail,
+            "table `form` column `surprise`: not in the schema"
+        );
         // The good record opens the segment at its own offset.
         assert_eq!(progress, Some((2, Some((1, Some(1000))))));
+        assert_eq!(h.pipe.evolver.current().versions(), [1, 1]);
+    }
+
+    #[test]
+    fn a_new_attribute_makes_a_schema_version_and_starts_a_segment() {
+        let mut h = harness(1000);
+        h.pipe
+            .handle(Cmd::Assign {
+                partition: 0,
+                epoch: 1,
+                replay: vec![],
+            })
+            .unwrap();
+        let new = with_form_attributes(
+            record(0, 2, 1, 1),
+            serde_json::json!({"settings_meta_image_href": "https://x/i.png", "my-key": 3}),
+        );
+        let conflict =
+            with_form_attributes(record(0, 3, 1, 1), serde_json::json!({"my-key": "three"}));
+        h.pipe
+            .handle(Cmd::Batch(vec![
+                record(0, 0, 1, 1),
+                record(0, 1, 1, 1),
+                new,
+                conflict,
+                record(0, 4, 1, 1),
+            ]))
+            .unwrap();
+        h.pipe.handle(Cmd::Drain).unwrap();
+        let mut sealed = Vec::new();
+        while let Ok(ev) = h.rx.try_recv() {
+            match ev {
+                Event::Dlq { letter, .. } => panic!("dead-lettered: {letter:?}"),
+                Event::Sealed(s) => sealed.push(s),
+                _ => {}
+            }
+        }
+        let got: Vec<_> = sealed
+            .iter()
+            .map(|s| (s.start, s.end, s.reason, s.versions))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 2, RollReason::SchemaChange, [1, 1]),
+                // The conflict needs `_rescued_data`: one more version of `form`.
+                (2, 3, RollReason::SchemaChange, [2, 1]),
+                (3, 5, RollReason::Drain, [3, 1])
+            ]
+        );
+        // The files carry their own schema, and read back with it.
+        let last = &sealed[2];
+        let form = last.files.iter().find(|f| f.table == Table::Form).unwrap();
+        let bytes = [form.file.head.as_slice(), form.file.tail.as_slice()].concat();
+        let reader = apache_avro::Reader::new(bytes.as_slice()).unwrap();
+        let rows: Vec<_> = reader.map(|v| v.unwrap()).collect();
+        assert_eq!(rows.len(), 2);
+        let apache_avro::types::Value::Record(fields) = &rows[0] else {
+            panic!()
+        };
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("_rescued_data"),
+            Some(apache_avro::types::Value::Union(
+                1,
+                Box::new(apache_avro::types::Value::String(
+                    r#"{"my-key":"three"}"#.into()
+                ))
+            ))
+        );
+        assert_eq!(
+            get("my_key"),
+            Some(apache_avro::types::Value::Union(
+                0,
+                Box::new(apache_avro::types::Value::Null)
+            ))
+        );
+        assert_eq!(h.pipe.evolver.current().versions(), [3, 1]);
     }
 
     /// (start, end, reason, transforms metadata of its files) of every sealed segment so far.
@@ -1260,7 +1455,11 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                replay: vec![Replay { start: 0, end: 4 }],
+                replay: vec![Replay {
+                    start: 0,
+                    end: 4,
+                    versions: None,
+                }],
             })
             .unwrap();
         h.pipe
@@ -1291,7 +1490,11 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                replay: vec![Replay { start: 2, end: 10 }],
+                replay: vec![Replay {
+                    start: 2,
+                    end: 10,
+                    versions: None,
+                }],
             })
             .unwrap();
         // Records 0 and 1 had no rows in the first run; here they do: they join the replayed
@@ -1325,7 +1528,18 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                replay: vec![Replay { start: 0, end: 3 }, Replay { start: 5, end: 8 }],
+                replay: vec![
+                    Replay {
+                        start: 0,
+                        end: 3,
+                        versions: None,
+                    },
+                    Replay {
+                        start: 5,
+                        end: 8,
+                        versions: None,
+                    },
+                ],
             })
             .unwrap();
         let mut recs: Vec<InRecord> = (0..12).map(|o| record(0, o, 1, 1)).collect();
@@ -1349,7 +1563,11 @@ mod tests {
             .handle(Cmd::Assign {
                 partition: 0,
                 epoch: 1,
-                replay: vec![Replay { start: 5, end: 8 }],
+                replay: vec![Replay {
+                    start: 5,
+                    end: 8,
+                    versions: None,
+                }],
             })
             .unwrap();
         // The first run had no rows before offset 5; this run (another module) has: they go

@@ -21,6 +21,8 @@ pub(crate) enum RollReason {
     MaxAge,
     /// The next record would give the segment more than `MAX_SEGMENT_DAYS` event days.
     MaxDays,
+    /// The next record's rows are of other schema versions (a file has one schema).
+    SchemaChange,
     /// A replay reached the end an earlier run recorded.
     Replayed,
     /// No record for the idle flush interval (wall clock).
@@ -41,6 +43,7 @@ impl RollReason {
             RollReason::MaxBytes => "max_bytes",
             RollReason::MaxAge => "max_age",
             RollReason::MaxDays => "max_days",
+            RollReason::SchemaChange => "schema_change",
             RollReason::Replayed => "replayed",
             RollReason::Idle => "idle",
             RollReason::Memory => "memory",

@@ -15,7 +15,7 @@
 //! what produced its rows (module digests, schema versions), for the logs.
 //!
 //! Format (version 2): `form-etl/2 ` followed by JSON
-//! `{"s":[{"s":start,"e":end,"d":[[day,tables],…],"f":"fingerprint"},…]}` where `day` counts
+//! `{"s":[{"s":start,"e":end,"d":[[day,tables],…],"f":"fingerprint","v":[1,3]},…]}` where `day` counts
 //! days since 1970-01-01 and `tables` is a bit mask (1 `form`, 2 `form_field`). Version 1
 //! (`form-etl-seal:{start}:{end}`, one wall-clock boundary, no days) is still read.
 
@@ -48,18 +48,28 @@ pub(crate) struct Recorded {
     /// `[day, tables]` of its objects; absent when unknown (a version 1 seal).
     #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
     pub(crate) days: Option<Vec<(i64, u8)>>,
-    /// What produced its rows (module digests, schema versions), for the logs.
+    /// What produced its rows (the modules' digests), for the logs.
     #[serde(rename = "f", default, skip_serializing_if = "String::is_empty")]
     pub(crate) fingerprint: String,
+    /// The schema versions of its files (`form`, `form_field`): a replay writes them again.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) versions: Option<[u32; 2]>,
 }
 
 impl Recorded {
-    pub(crate) fn new(start: i64, end: i64, keys: &Keys, fingerprint: &str) -> Self {
+    pub(crate) fn new(
+        start: i64,
+        end: i64,
+        keys: &Keys,
+        fingerprint: &str,
+        versions: Option<[u32; 2]>,
+    ) -> Self {
         Self {
             start,
             end,
             days: Some(days_of(keys)),
             fingerprint: fingerprint.to_owned(),
+            versions,
         }
     }
 
@@ -145,6 +155,7 @@ pub(crate) fn decode(committed: i64, metadata: &str) -> Result<Vec<Recorded>, Ch
                 end: e,
                 days: None,
                 fingerprint: String::new(),
+                versions: None,
             }],
             Some(_) => Vec::new(),
             None => return Err(ChainError::Invalid(metadata.to_owned())),
@@ -184,12 +195,13 @@ mod tests {
                 (Table::Form, 19_001),
             ]),
             "abc",
+            Some([1, 3]),
         );
-        let b = Recorded::new(300, 1300, &keys(&[(Table::FormField, 5)]), "");
+        let b = Recorded::new(300, 1300, &keys(&[(Table::FormField, 5)]), "", None);
         let m = encode(&[a.clone(), b.clone()]);
         assert_eq!(
             m,
-            r#"form-etl/2 {"s":[{"s":10,"e":300,"d":[[19000,3],[19001,1]],"f":"abc"},{"s":300,"e":1300,"d":[[5,2]]}]}"#
+            r#"form-etl/2 {"s":[{"s":10,"e":300,"d":[[19000,3],[19001,1]],"f":"abc","v":[1,3]},{"s":300,"e":1300,"d":[[5,2]]}]}"#
         );
         assert_eq!(encoded_len(&[a.clone(), b.clone()]), m.len());
         let back = decode(10, &m).unwrap();
@@ -210,7 +222,7 @@ mod tests {
 
     #[test]
     fn refuses_what_a_replay_cannot_follow() {
-        let a = Recorded::new(10, 300, &Keys::new(), "");
+        let a = Recorded::new(10, 300, &Keys::new(), "", None);
         let m = encode(&[a]);
         // Recorded segments start at or after the committed offset.
         assert!(matches!(decode(11, &m), Err(ChainError::OutOfOrder { .. })));

@@ -23,8 +23,8 @@ use crate::commit::{Manager, RunningCommit};
 use crate::committer::{CommitError, KafkaCommitter, TRANSACTION_TIMEOUT};
 use crate::config::SinkConfig;
 use crate::pipeline::{Cmd, InFlightBudget, InRecord, Pipeline, PipelineSettings, Replay};
+use crate::schemas::{Evolver, Registry};
 use crate::seal;
-use crate::tables::TableCodec;
 use crate::transform::Transform;
 use crate::uploads::{Fence, UploadCtx};
 
@@ -246,10 +246,13 @@ pub(crate) async fn run(
         part_size: cfg.s3.part_size.as_u64() as usize,
         codec: cfg.s3.codec.codec(cfg.s3.zstd_level),
     };
-    let tables = TableCodec::load_default().context("loading the Avro schemas")?;
+    let registry = Registry::new(store.clone(), &cfg.s3.prefix, cfg.s3.retry.clone());
+    let evolver = Evolver::open(registry, cfg.schema.policy())
+        .await
+        .context("loading the tables' schema versions")?;
     let (cmd_tx, cmd_rx) = mpsc::channel(CMD_CAPACITY);
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_CAPACITY);
-    let pipeline = Pipeline::new(settings, transform, tables, ev_tx, inflight.clone());
+    let pipeline = Pipeline::new(settings, transform, evolver, ev_tx, inflight.clone());
     let pipeline_thread = std::thread::Builder::new()
         .name("pipeline".into())
         .spawn(move || pipeline.run(cmd_rx))
@@ -271,6 +274,8 @@ pub(crate) async fn run(
     );
     let mut pending: VecDeque<Cmd> = VecDeque::new();
     let mut forwarded = 0u64;
+    // Per partition, the offset after the last record handed to the pipeline.
+    let mut forwarded_upto: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
     let mut draining = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut paused = false;
@@ -322,6 +327,7 @@ pub(crate) async fn run(
                                 .map(|r| Replay {
                                     start: r.start,
                                     end: r.end,
+                                    versions: r.versions,
                                 })
                                 .collect(),
                         });
@@ -392,6 +398,15 @@ pub(crate) async fn run(
                 if !draining && pending.is_empty() && last_idle_tick.elapsed() >= Duration::from_secs(1) {
                     pending.push_back(Cmd::Tick);
                     last_idle_tick = Instant::now();
+                    // Transaction markers after the last record: commit past them too.
+                    if let Ok(positions) = consumer.position() {
+                        for e in positions.elements_for_topic(&topic) {
+                            if let Offset::Offset(o) = e.offset() {
+                                let p = e.partition();
+                                manager.advance_to_position(p, o, forwarded_upto.get(&p).copied());
+                            }
+                        }
+                    }
                 }
                 if running.is_none() && (manager.needs_record() || last_commit.elapsed() >= cfg.commit.interval || draining) {
                     running = start_commit(&mut manager, &consumer);
@@ -431,6 +446,10 @@ pub(crate) async fn run(
                             let r = to_record(&m);
                             drop(m);
                             if consumer.context().has_events() {
+                                for r in &batch {
+                                    let e = forwarded_upto.entry(r.partition).or_insert(0);
+                                    *e = (*e).max(r.offset + 1);
+                                }
                                 pending.push_back(Cmd::Batch(std::mem::take(&mut batch)));
                                 if let Err(e) = rebalance(&mut pending, &mut manager) {
                                     failed = Some(e);
@@ -451,6 +470,10 @@ pub(crate) async fn run(
                     break Err(e);
                 }
                 forwarded += batch.len() as u64;
+                for r in &batch {
+                    let e = forwarded_upto.entry(r.partition).or_insert(0);
+                    *e = (*e).max(r.offset + 1);
+                }
                 progress.records_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 pending.push_back(Cmd::Batch(batch));
                 if opts.max_records.is_some_and(|m| forwarded >= m) {

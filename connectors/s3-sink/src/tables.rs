@@ -1,6 +1,4 @@
-//! The two tables and their Avro schemas.
-
-use apache_avro::Schema;
+//! The two tables (the sink's name for form-model's; their schemas are in `schemas.rs`).
 
 /// An output table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,24 +15,6 @@ impl Table {
             Table::Form => form_model::FORM_TABLE,
             Table::FormField => form_model::FORM_FIELD_TABLE,
         }
-    }
-}
-
-/// The schemas of both tables: form-model's `avro` feature (from `config/*.avsc`, compiled
-/// in). Rows are checked and encoded by `form_model::avro_encode`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TableCodec;
-
-impl TableCodec {
-    pub(crate) fn load_default() -> anyhow::Result<Self> {
-        for t in Table::ALL {
-            let _ = form_model::avro::Table::from(t).schema();
-        }
-        Ok(Self)
-    }
-
-    pub(crate) fn schema(&self, table: Table) -> &'static Schema {
-        form_model::avro::Table::from(table).schema()
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct SegmentTrack {
     /// Whether the recorded keys were known (a version 1 seal recorded none).
     pub(crate) keys_known: bool,
     pub(crate) fingerprint: String,
+    /// The schema versions of its files, if known.
+    pub(crate) versions: Option<[u32; 2]>,
     pub(crate) first_ts_ms: Option<i64>,
     /// Files and deletions still in flight (ids).
     pub(crate) pending: HashSet<u64>,
@@ -55,6 +57,7 @@ impl SegmentTrack {
             recorded: None,
             keys_known: true,
             fingerprint: String::new(),
+            versions: None,
             first_ts_ms: None,
             pending: HashSet::new(),
             gate: watch::channel(false).0,
@@ -73,7 +76,13 @@ impl SegmentTrack {
     }
 
     fn entry(&self) -> Recorded {
-        let mut r = Recorded::new(self.start, self.end, &self.keys, &self.fingerprint);
+        let mut r = Recorded::new(
+            self.start,
+            self.end,
+            &self.keys,
+            &self.fingerprint,
+            self.versions,
+        );
         if !self.keys_known && self.keys.is_empty() {
             r.days = None;
         }
@@ -132,6 +141,7 @@ impl PartitionTrack {
                 s.keys = r.keys().unwrap_or_default();
                 s.recorded = Some(s.keys.clone());
                 s.fingerprint = r.fingerprint.clone();
+                s.versions = r.versions;
                 s
             })
             .collect();
@@ -154,6 +164,7 @@ impl PartitionTrack {
         end: i64,
         keys: Keys,
         fingerprint: &str,
+        versions: [u32; 2],
         first_ts_ms: Option<i64>,
     ) -> Result<(Keys, &mut SegmentTrack), String> {
         let pos = self.segments.iter().position(|s| s.replay);
@@ -167,6 +178,7 @@ impl PartitionTrack {
             }
             s.replay = false;
             s.first_ts_ms = first_ts_ms;
+            s.versions.get_or_insert(versions);
             let stale: Keys = if s.keys_known {
                 s.keys.difference(&keys).copied().collect()
             } else {
@@ -188,6 +200,7 @@ impl PartitionTrack {
         let mut s = SegmentTrack::new(start, end);
         s.keys = keys;
         s.fingerprint = fingerprint.to_owned();
+        s.versions = Some(versions);
         s.first_ts_ms = first_ts_ms;
         self.segments.push_back(s);
         Ok((Keys::new(), self.segments.back_mut().expect("pushed")))
@@ -285,13 +298,16 @@ mod tests {
         let mut p = PartitionTrack::assigned(1, None, &[]);
         assert_eq!(p.wanted(), None, "nothing handled, nothing to commit");
         p.next_offset = Some(1000);
-        let (stale, s) = p.closed(0, 1000, keys(&[D1]), "fp", None).unwrap();
+        let (stale, s) = p.closed(0, 1000, keys(&[D1]), "fp", [1, 1], None).unwrap();
         assert!(stale.is_empty());
         s.pending.insert(7);
         assert!(!*s.gate.borrow(), "not visible before it is recorded");
         let w = p.wanted().unwrap();
         assert_eq!(w.offset, 0);
-        assert_eq!(w.chain, vec![Recorded::new(0, 1000, &keys(&[D1]), "fp")]);
+        assert_eq!(
+            w.chain,
+            vec![Recorded::new(0, 1000, &keys(&[D1]), "fp", Some([1, 1]))]
+        );
         assert!(p.needs_record(&w));
         p.committed(&w);
         assert!(*p.segments[0].gate.borrow(), "visible once recorded");
@@ -312,8 +328,8 @@ mod tests {
     #[test]
     fn recorded_segments_are_kept_from_the_assignment_until_the_replay_rewrote_them() {
         let recorded = vec![
-            Recorded::new(10, 1000, &keys(&[D1, D2]), "old"),
-            Recorded::new(1000, 2000, &keys(&[D2]), "old"),
+            Recorded::new(10, 1000, &keys(&[D1, D2]), "old", None),
+            Recorded::new(1000, 2000, &keys(&[D2]), "old", None),
         ];
         let meta = seal::encode(&recorded);
         let mut p = PartitionTrack::assigned(3, Some((5, meta.clone())), &recorded);
@@ -325,14 +341,26 @@ mod tests {
         assert!(!p.needs_record(&w));
         // The replay rewrites the first one without the day-2 objects: those are stale.
         p.next_offset = Some(1000);
-        let (stale, s) = p.closed(10, 1000, keys(&[D1]), "new", None).unwrap();
+        let (stale, s) = p
+            .closed(10, 1000, keys(&[D1]), "new", [1, 1], None)
+            .unwrap();
         assert_eq!(stale, keys(&[D2]));
         assert!(*s.gate.borrow(), "already recorded with these keys");
         // A replay that would close elsewhere is a bug, reported.
-        assert!(p.closed(1000, 1500, keys(&[D2]), "new", None).is_err());
+        assert!(
+            p.closed(1000, 1500, keys(&[D2]), "new", [1, 1], None)
+                .is_err()
+        );
         // A replay that writes a key the record lacks must be recorded again first.
         let (_, s) = p
-            .closed(1000, 2000, keys(&[D2, (Table::FormField, 2)]), "new", None)
+            .closed(
+                1000,
+                2000,
+                keys(&[D2, (Table::FormField, 2)]),
+                "new",
+                [1, 1],
+                None,
+            )
             .unwrap();
         assert!(!*s.gate.borrow());
         let w = p.wanted().unwrap();
@@ -349,8 +377,15 @@ mod tests {
             .collect();
         let mut start = 0;
         for _ in 0..20 {
-            p.closed(start, start + 100, many.clone(), "fingerprint", None)
-                .unwrap();
+            p.closed(
+                start,
+                start + 100,
+                many.clone(),
+                "fingerprint",
+                [1, 1],
+                None,
+            )
+            .unwrap();
             start += 100;
         }
         p.next_offset = Some(start);

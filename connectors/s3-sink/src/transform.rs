@@ -30,13 +30,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use connector_common::dlq::DlqReason;
-use form_model::avro_encode::{EncodeError, EncodedRows, encode_output};
+use form_model::avro::Schemas;
+use form_model::avro_encode::{EncodeError, EncodedRows, encode_output_with};
 use form_transforms::{ChainOptions, Input, Output, TransformChain, TransformError, TransformStep};
 use tracing::{info, warn};
 
-/// One record's rows, encoded and checked (all of them), or why it goes to the dead-letter
-/// queue.
-pub(crate) type Prepared = Result<EncodedRows, (DlqReason, String)>;
+/// One record's rows, encoded and checked (all of them), with the transform's outputs they
+/// come from (the pipeline encodes them again if the schemas changed meanwhile).
+#[derive(Debug)]
+pub(crate) struct PreparedRows {
+    pub(crate) rows: EncodedRows,
+    /// The schema versions the rows were encoded with.
+    pub(crate) versions: [u32; 2],
+    pub(crate) outputs: Vec<Output>,
+}
+
+/// Why a record's outputs could not be encoded as they are.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// A dead letter.
+    Dlq(DlqReason, String),
+    /// A row does not fit the schemas: the pipeline decides (schema evolution).
+    Mismatch(Vec<Output>),
+}
+
+/// One record, transformed and encoded, or refused.
+pub(crate) type Prepared = Result<PreparedRows, Refusal>;
 
 /// What [`Transform::prepare_each`] hands prepared records to: `(index of the first input,
 /// results)`; `Ok(false)` or an error stops the batch.
@@ -59,9 +78,10 @@ pub(crate) trait Transform: Send {
     fn prepare_each(
         &mut self,
         inputs: &[Input<'_>],
+        schemas: &Schemas,
         accept: &mut Accept<'_>,
     ) -> anyhow::Result<bool> {
-        prepare_in_chunks(self, inputs, accept)
+        prepare_in_chunks(self, inputs, schemas, accept)
     }
 
     /// `(uses, sha256)` of every module currently in the chain (recorded in each file).
@@ -116,12 +136,16 @@ pub(crate) fn load_chain(steps: &[TransformStep], watch: bool) -> anyhow::Result
     TransformChain::new(steps, options).context("`transforms`: loading the SmartModule chain")
 }
 
-/// Transforms `inputs` with `t` and encodes each record's outputs.
-fn prepare_with<T: Transform + ?Sized>(t: &mut T, inputs: &[Input<'_>]) -> Vec<Prepared> {
+/// Transforms `inputs` with `t` and encodes each record's outputs with `schemas`.
+fn prepare_with<T: Transform + ?Sized>(
+    t: &mut T,
+    inputs: &[Input<'_>],
+    schemas: &Schemas,
+) -> Vec<Prepared> {
     t.process(inputs)
         .into_iter()
         .map(|out| match out {
-            Err(e) => Err((DlqReason::TransformError, e.message)),
+            Err(e) => Err(Refusal::Dlq(DlqReason::TransformError, e.message)),
             Ok(outs) => {
                 // The datums are shorter than the JSON text they come from (no keys): one
                 // allocation, where growing from empty took ~10 per record.
@@ -129,7 +153,17 @@ fn prepare_with<T: Transform + ?Sized>(t: &mut T, inputs: &[Input<'_>]) -> Vec<P
                     bytes: Vec::with_capacity(outs.iter().map(|o| o.value.len()).sum()),
                     rows: Vec::with_capacity(16),
                 };
-                encode_rows(&outs, &mut rows).map(|()| rows)
+                match encode_rows(&outs, schemas, &mut rows) {
+                    Ok(()) => Ok(PreparedRows {
+                        rows,
+                        versions: schemas.versions(),
+                        outputs: outs,
+                    }),
+                    Err(EncodeError::Mismatch(_)) => Err(Refusal::Mismatch(outs)),
+                    Err(e @ EncodeError::NotRows(_)) => {
+                        Err(Refusal::Dlq(DlqReason::TransformError, e.to_string()))
+                    }
+                }
             }
         })
         .collect()
@@ -140,30 +174,27 @@ fn prepare_with<T: Transform + ?Sized>(t: &mut T, inputs: &[Input<'_>]) -> Vec<P
 fn prepare_in_chunks<T: Transform + ?Sized>(
     t: &mut T,
     inputs: &[Input<'_>],
+    schemas: &Schemas,
     accept: &mut Accept<'_>,
 ) -> anyhow::Result<bool> {
     for (i, chunk) in inputs.chunks(CHUNK_RECORDS).enumerate() {
-        if !accept(i * CHUNK_RECORDS, prepare_with(t, chunk))? {
+        if !accept(i * CHUNK_RECORDS, prepare_with(t, chunk, schemas))? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// The rows of one record's transform outputs, encoded and checked: all of them or a dead
-/// letter.
+/// The rows of one record's transform outputs, encoded and checked: all of them or none.
 pub(crate) fn encode_rows(
     outputs: &[Output],
+    schemas: &Schemas,
     rows: &mut EncodedRows,
-) -> Result<(), (DlqReason, String)> {
+) -> Result<(), EncodeError> {
     for o in outputs {
-        if let Err(e) = encode_output(&o.value, rows) {
+        if let Err(e) = encode_output_with(&o.value, schemas, rows) {
             rows.clear();
-            let reason = match e {
-                EncodeError::NotRows(_) => DlqReason::TransformError,
-                EncodeError::Mismatch(_) => DlqReason::SchemaMismatch,
-            };
-            return Err((reason, e.to_string()));
+            return Err(e);
         }
     }
     Ok(())
@@ -276,10 +307,11 @@ impl Transform for ParallelChain {
     fn prepare_each(
         &mut self,
         inputs: &[Input<'_>],
+        schemas: &Schemas,
         accept: &mut Accept<'_>,
     ) -> anyhow::Result<bool> {
         if inputs.len() < PARALLEL_MIN_RECORDS || !self.helper_ready() {
-            return prepare_in_chunks(&mut self.main, inputs, accept);
+            return prepare_in_chunks(&mut self.main, inputs, schemas, accept);
         }
         let chunks: Vec<&[Input<'_>]> = inputs.chunks(CHUNK_RECORDS).collect();
         let n = chunks.len();
@@ -300,7 +332,7 @@ impl Transform for ParallelChain {
                     let Some(chunk) = chunks.get(i) else {
                         return;
                     };
-                    if done_tx.send((i, prepare_with(helper, chunk))).is_err() {
+                    if done_tx.send((i, prepare_with(helper, chunk, schemas))).is_err() {
                         return;
                     }
                 }
@@ -324,7 +356,7 @@ impl Transform for ParallelChain {
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if let Some(chunk) = chunks.get(i) {
-                    ready[i] = Some(prepare_with(main, chunk));
+                    ready[i] = Some(prepare_with(main, chunk, schemas));
                     continue;
                 }
                 match done_rx.recv() {
@@ -430,12 +462,14 @@ pub(crate) mod tests {
     /// A prepared result as comparable data.
     fn summary(p: &Prepared) -> Result<Vec<(u8, i64, Vec<u8>)>, String> {
         match p {
-            Ok(rows) => Ok(rows
+            Ok(p) => Ok(p
+                .rows
                 .rows
                 .iter()
-                .map(|r| (r.table as u8, r.day, rows.datum(r).to_vec()))
+                .map(|r| (r.table as u8, r.day, p.rows.datum(r).to_vec()))
                 .collect()),
-            Err((reason, detail)) => Err(format!("{reason:?}: {detail}")),
+            Err(Refusal::Dlq(reason, detail)) => Err(format!("{reason:?}: {detail}")),
+            Err(Refusal::Mismatch(_)) => Err("mismatch".into()),
         }
     }
 
@@ -444,7 +478,7 @@ pub(crate) mod tests {
         let values = records();
         let inputs = inputs(&values);
         let mut one = load_chain(&[flatten_step()], false).expect("form-flatten is built");
-        let expected: Vec<_> = prepare_with(&mut one, &inputs)
+        let expected: Vec<_> = prepare_with(&mut one, &inputs, &Schemas::initial())
             .iter()
             .map(summary)
             .collect();
@@ -454,7 +488,7 @@ pub(crate) mod tests {
         for _ in 0..3 {
             let mut got = Vec::new();
             let more = two
-                .prepare_each(&inputs, &mut |first, prepared| {
+                .prepare_each(&inputs, &Schemas::initial(), &mut |first, prepared| {
                     assert_eq!(first, got.len(), "handed over in order");
                     got.extend(prepared.iter().map(summary));
                     Ok(true)
@@ -472,7 +506,7 @@ pub(crate) mod tests {
         let mut two = ParallelChain::load(&[flatten_step()]).unwrap();
         let mut calls = 0;
         let more = two
-            .prepare_each(&inputs, &mut |_, _| {
+            .prepare_each(&inputs, &Schemas::initial(), &mut |_, _| {
                 calls += 1;
                 Ok(calls < 3)
             })
@@ -481,7 +515,7 @@ pub(crate) mod tests {
         assert_eq!(calls, 3);
         let mut calls = 0;
         let e = two
-            .prepare_each(&inputs, &mut |_, _| {
+            .prepare_each(&inputs, &Schemas::initial(), &mut |_, _| {
                 calls += 1;
                 anyhow::ensure!(calls < 2, "full disk");
                 Ok(true)
@@ -492,7 +526,7 @@ pub(crate) mod tests {
         // The chain is still usable afterwards.
         let mut handed = 0;
         assert!(
-            two.prepare_each(&inputs, &mut |_, prepared| {
+            two.prepare_each(&inputs, &Schemas::initial(), &mut |_, prepared| {
                 handed += prepared.len();
                 Ok(true)
             })
@@ -507,7 +541,7 @@ pub(crate) mod tests {
         let values = records();
         let inputs = inputs(&values[..PARALLEL_MIN_RECORDS - 1]);
         let mut one = load_chain(&[flatten_step()], false).expect("form-flatten is built");
-        let expected: Vec<_> = prepare_with(&mut one, &inputs)
+        let expected: Vec<_> = prepare_with(&mut one, &inputs, &Schemas::initial())
             .iter()
             .map(summary)
             .collect();
@@ -515,7 +549,7 @@ pub(crate) mod tests {
         let mut got = Vec::new();
         let mut firsts = Vec::new();
         assert!(
-            two.prepare_each(&inputs, &mut |first, prepared| {
+            two.prepare_each(&inputs, &Schemas::initial(), &mut |first, prepared| {
                 firsts.push((first, prepared.len()));
                 got.extend(prepared.iter().map(summary));
                 Ok(true)
@@ -532,7 +566,7 @@ pub(crate) mod tests {
         // A stop after the first chunk: the second is not prepared.
         let mut calls = 0;
         assert!(
-            !two.prepare_each(&inputs, &mut |_, _| {
+            !two.prepare_each(&inputs, &Schemas::initial(), &mut |_, _| {
                 calls += 1;
                 Ok(false)
             })
@@ -540,7 +574,9 @@ pub(crate) mod tests {
         );
         assert_eq!(calls, 1);
         let e = two
-            .prepare_each(&inputs, &mut |_, _| anyhow::bail!("full disk"))
+            .prepare_each(&inputs, &Schemas::initial(), &mut |_, _| {
+                anyhow::bail!("full disk")
+            })
             .unwrap_err();
         assert_eq!(e.to_string(), "full disk");
     }

@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod duration;
 pub mod eos;
 pub mod kafka;
+pub mod redrive;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

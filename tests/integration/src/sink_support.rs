@@ -381,7 +381,8 @@ pub async fn get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Vec
     Ok(out.body.collect().await?.into_bytes().to_vec())
 }
 
-/// Downloads every object under `prefix` into `dir` (same relative layout); returns the paths.
+/// Downloads every data file under `prefix` into `dir` (same relative layout, see
+/// [`list_sizes`]); returns the paths.
 pub async fn download_all(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
@@ -589,7 +590,8 @@ impl Drop for PeakRss {
     }
 }
 
-/// Every object under `prefix` with its size in bytes, sorted by key.
+/// `(key, size)` of every data file under `prefix`, sorted (the schema versions under
+/// `{prefix}/_schemas/` are left out).
 pub async fn list_sizes(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
@@ -607,7 +609,8 @@ pub async fn list_sizes(
             .await
             .context("listing objects")?;
         for o in page.contents() {
-            if let Some(k) = o.key() {
+            // The schema versions the sink keeps beside the data are not data files.
+            if let Some(k) = o.key().filter(|k| !k.contains("/_schemas/")) {
                 out.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64));
             }
         }
@@ -631,4 +634,33 @@ pub async fn delete_prefix(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) 
             .with_context(|| format!("DELETE {key}"))?;
     }
     Ok(())
+}
+
+/// The kafka-source config of `config/`, pointed at this test's topics.
+pub fn shipped_source_config(
+    dir: &std::path::Path,
+    events: &str,
+    enriched: &str,
+    dlq: &str,
+    group: &str,
+) -> Result<std::path::PathBuf> {
+    let path = root().join("config/form-events-source.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} (kafka-source's config)", path.display()))?;
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    // apiVersion 0.2.0: `meta.topic` is a map (Fluvio's TopicConfig).
+    v["meta"]["topic"] = serde_yaml::from_str(&format!("{{meta: {{name: {enriched}}}}}"))?;
+    v["meta"]["name"] = "e2e-source".into();
+    v["kafka"]["topic"] = events.into();
+    v["kafka"]["group"] = group.into();
+    v["kafka"]["brokers"] = kafka_addr().into();
+    if v.get("dlq").is_some() {
+        v["dlq"]["topic"] = dlq.into();
+    }
+    if v.get("metrics").is_some() {
+        v["metrics"]["address"] = format!("127.0.0.1:{}", free_port()).into();
+    }
+    let out = dir.join("source.yaml");
+    std::fs::write(&out, serde_yaml::to_string(&v)?)?;
+    Ok(out)
 }

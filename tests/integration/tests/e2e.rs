@@ -94,35 +94,6 @@ fn compare(
     }
 }
 
-/// The kafka-source config of `config/`, pointed at this test's topics.
-fn source_config(
-    dir: &std::path::Path,
-    events: &str,
-    enriched: &str,
-    dlq: &str,
-    group: &str,
-) -> Result<std::path::PathBuf> {
-    let path = root().join("config/form-events-source.yaml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} (kafka-source's config)", path.display()))?;
-    let mut v: serde_yaml::Value = serde_yaml::from_str(&text)?;
-    // apiVersion 0.2.0: `meta.topic` is a map (Fluvio's TopicConfig).
-    v["meta"]["topic"] = serde_yaml::from_str(&format!("{{meta: {{name: {enriched}}}}}"))?;
-    v["meta"]["name"] = "e2e-source".into();
-    v["kafka"]["topic"] = events.into();
-    v["kafka"]["group"] = group.into();
-    v["kafka"]["brokers"] = kafka_addr().into();
-    if v.get("dlq").is_some() {
-        v["dlq"]["topic"] = dlq.into();
-    }
-    if v.get("metrics").is_some() {
-        v["metrics"]["address"] = format!("127.0.0.1:{}", free_port()).into();
-    }
-    let out = dir.join("source.yaml");
-    std::fs::write(&out, serde_yaml::to_string(&v)?)?;
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()> {
     if !cluster_available("golden e2e") {
@@ -145,7 +116,8 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
         // (`tests/cluster/install.sh venv`).
         "  idle-flush: 1s\n",
     )?;
-    let source_cfg = source_config(&sink.dir, &events, &enriched, &dlq, &unique("e2e-source-g"))?;
+    let source_cfg =
+        shipped_source_config(&sink.dir, &events, &enriched, &dlq, &unique("e2e-source-g"))?;
 
     let seed = std::fs::read_to_string(root().join("tests/fixtures/seed/form.events.kv"))?;
     let (key, value) = seed.trim_end().split_once(':').context("key:value")?;

@@ -156,7 +156,7 @@ async fn wait_metadata(
 ) -> Result<(i64, String)> {
     wait_for(what, Duration::from_secs(60), || {
         let got = committed_with_metadata(&setup.group, &setup.topic);
-        let ok = got.as_ref().map(|g| pred(g)).unwrap_or(false);
+        let ok = got.as_ref().map(&pred).unwrap_or(false);
         async move { Ok(if ok { Some(got?) } else { None }) }
     })
     .await
@@ -189,7 +189,7 @@ async fn a_boundary_stays_recorded_while_its_upload_stalls() -> Result<()> {
         s3.stop()?;
         produce(&topic, &records(50, 50, "st")).await?;
         // The idle flush closes [50, 100): recorded although nothing can be uploaded.
-        let (o, m) = wait_metadata(&setup, "[50, 100) recorded", |(_, m)| {
+        let (o, _) = wait_metadata(&setup, "[50, 100) recorded", |(_, m)| {
             m.contains(r#""s":50,"e":100"#)
         })
         .await?;

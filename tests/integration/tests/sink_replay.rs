@@ -159,6 +159,9 @@ async fn run_to_the_end(setup: &SinkSetup, n: usize) -> Result<()> {
     res
 }
 
+/// (first, end, file) of the objects of one table and date.
+type Ranges = BTreeSet<(i64, i64, String)>;
+
 /// Every object read back with fastavro: rows exactly once, ranges disjoint per table and date.
 async fn check_output(setup: &SinkSetup, n: usize, tag: &str) -> Result<()> {
     let s3 = setup.s3().await;
@@ -169,7 +172,7 @@ async fn check_output(setup: &SinkSetup, n: usize, tag: &str) -> Result<()> {
     let mut form: BTreeMap<String, usize> = BTreeMap::new();
     let mut field: BTreeMap<(String, String), usize> = BTreeMap::new();
     // (table, event date) → (first, end, file) of every object.
-    let mut ranges: BTreeMap<(String, String), BTreeSet<(i64, i64, String)>> = BTreeMap::new();
+    let mut ranges: BTreeMap<(String, String), Ranges> = BTreeMap::new();
     for r in &rows {
         let meta = &r["__meta"];
         let table = meta["form_etl.table"].as_str().context("table")?.to_owned();
@@ -267,9 +270,10 @@ async fn replay_cut_by_a_drain_across_event_dates_writes_every_row_once() -> Res
     }
     let setup = scenario("rdrain", "").await?;
     let n = 2000;
+    // Large records (~20 KiB): the replay takes long enough for the drain to come in its middle.
     produce(
         &setup.topic,
-        &records(n, "rd", |i| if i < 900 { 1 } else { 2 }, 0),
+        &records(n, "rd", |i| if i < 900 { 1 } else { 2 }, 20_000),
     )
     .await?;
     // The first segment closes when its day-2 file reaches 1000 rows (offset 1900): it has a

@@ -168,6 +168,18 @@ impl ObjectStore for FsStore {
         .boxed()
     }
 
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        let path = self.root.join(key);
+        async move {
+            match tokio::fs::read(&path).await {
+                Ok(b) => Ok(Some(Bytes::from(b))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::io("read", &path, &e)),
+            }
+        }
+        .boxed()
+    }
+
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Head>, StoreError>> {
         let path = self.root.join(key);
         async move {

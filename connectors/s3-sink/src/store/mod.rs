@@ -106,6 +106,8 @@ pub(crate) trait ObjectStore: Send + Sync + std::fmt::Debug {
         key: &'a str,
         upload: &'a Multipart,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The object's bytes, or `None` if there is no object at `key` (small objects only).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>>;
     /// The object's ETag and metadata, or `None` if there is no object at `key`.
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Head>, StoreError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;

@@ -260,6 +260,36 @@ impl ObjectStore for S3Store {
         .boxed()
     }
 
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, StoreError>> {
+        async move {
+            match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let body = out.body.collect().await.map_err(|e| StoreError {
+                        op: "GetObject",
+                        key: key.to_owned(),
+                        kind: ErrorKind::Transient,
+                        message: e.to_string(),
+                    })?;
+                    Ok(Some(body.into_bytes()))
+                }
+                Err(SdkError::ServiceError(s))
+                    if s.raw().status().as_u16() == 404 || s.err().code() == Some("NoSuchKey") =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(classify("GetObject", key, &e)),
+            }
+        }
+        .boxed()
+    }
+
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Head>, StoreError>> {
         async move {
             match self
