@@ -86,11 +86,24 @@ impl SinkConfig {
         self.kafka.group_or(&self.meta.name)
     }
 
-    pub(crate) fn transactional_id(&self) -> String {
+    /// `commit.transactional-id`, else `{meta.name}-{group}-{instance id}`: stable per
+    /// instance (a restart fences its dead predecessor and aborts its transaction at once),
+    /// different between instances (two sinks from one config do not fence each other).
+    pub(crate) fn transactional_id(&self, instance: &str) -> String {
         self.commit
             .transactional_id
             .clone()
-            .unwrap_or_else(|| format!("{}-{}", self.meta.name, self.group()))
+            .unwrap_or_else(|| format!("{}-{}-{instance}", self.meta.name, self.group()))
+    }
+
+    /// `kafka.properties.group.instance.id`, else `{meta.name}-{instance id}`: static
+    /// membership, so a restarted instance takes its partitions back without a rebalance.
+    pub(crate) fn group_instance_id(&self, instance: &str) -> String {
+        self.kafka
+            .properties
+            .get("group.instance.id")
+            .cloned()
+            .unwrap_or_else(|| format!("{}-{instance}", self.meta.name))
     }
 }
 
@@ -177,8 +190,9 @@ pub(crate) struct CommitConfig {
     /// How often durable progress is committed.
     #[serde(with = "connector_common::duration")]
     pub(crate) interval: Duration,
-    /// Kafka `transactional.id`; default `{meta.name}-{group}`. Must differ per running
-    /// instance when several share a group (a restart with the same id fences the old one).
+    /// Kafka `transactional.id`; default `{meta.name}-{group}-{instance id}` (see
+    /// `--instance-id`). Must differ per running instance (a second one with the same id fences
+    /// the first).
     pub(crate) transactional_id: Option<String>,
     /// Timeout of each transaction step.
     #[serde(with = "connector_common::duration")]
@@ -570,6 +584,7 @@ s3:
         assert_eq!(c.s3.codec, CodecName::Zstd);
         assert_eq!(c.s3.zstd_level, ZstdLevel(1));
         assert_eq!(c.s3.max_bytes, ByteSize::mib(64));
-        assert_eq!(c.transactional_id(), "s-s");
+        assert_eq!(c.transactional_id("h-0"), "s-s-h-0");
+        assert_eq!(c.group_instance_id("h-0"), "s-h-0");
     }
 }

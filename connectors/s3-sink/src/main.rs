@@ -146,8 +146,13 @@ async fn run(cfg: SinkConfig, args: CommonArgs) -> anyhow::Result<()> {
     // Before Kafka or S3: a missing or broken module is a start-up error saying what to do.
     let transform: Box<dyn transform::Transform> =
         Box::new(transform::ParallelChain::load(&cfg.transforms)?);
+    let instance = args
+        .instance(&cfg.meta.name)
+        .map_err(|e| anyhow::anyhow!("no instance id for the sink: {e}"))?;
+    tracing::info!(instance_id = %instance.id, slot = ?instance.slot, "Instance.");
     let opts = sink::RunOptions {
         max_records: args.max_records,
+        instance_id: instance.id.clone(),
     };
     let res = sink::run(cfg, opts, transform, shutdown.clone(), health, progress).await;
     shutdown.trigger();

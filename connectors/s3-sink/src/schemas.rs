@@ -376,3 +376,49 @@ impl Evolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FsStore;
+    use form_model::avro::ColumnType;
+    use form_model::evolve::Change;
+
+    fn add(column: &str) -> Vec<Change> {
+        vec![Change::Add {
+            column: column.into(),
+            original: None,
+            ty: ColumnType::String,
+        }]
+    }
+
+    /// Two instances that both make "the next version" from v1, each with its own column: the
+    /// second finds v2 taken, builds v3 on it, and both end on one history.
+    #[tokio::test]
+    async fn two_instances_racing_for_a_version_keep_one_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(dir.path().to_path_buf()));
+        let mut a = Registry::new(store.clone(), "p", RetryPolicy::default());
+        let mut b = Registry::new(store.clone(), "p", RetryPolicy::default());
+        let v1a = a.newest(Table::Form).await.unwrap();
+        let v1b = b.newest(Table::Form).await.unwrap();
+        assert_eq!((v1a.version(), v1b.version()), (1, 1));
+        let a2 = a.create_after(&v1a, &add("from_a")).await.unwrap();
+        assert_eq!(a2.version(), 2);
+        // b still works from v1: its v2 is taken, and it answers a's.
+        let b2 = b.create_after(&v1b, &add("from_b")).await.unwrap();
+        assert_eq!(b2.version(), 2);
+        assert!(b2.column_index("from_a").is_some() && b2.column_index("from_b").is_none());
+        // b builds on it: v3 has both, in the order they were made.
+        let b3 = b.create_after(&b2, &add("from_b")).await.unwrap();
+        assert_eq!(b3.version(), 3);
+        assert!(v1a.is_prefix_of(&a2) && a2.is_prefix_of(&b3));
+        assert!(b3.column_index("from_a").is_some() && b3.column_index("from_b").is_some());
+        // A third instance starting now reads the newest.
+        let mut c = Registry::new(store, "p", RetryPolicy::default());
+        assert_eq!(c.newest(Table::Form).await.unwrap().version(), 3);
+        assert_eq!(c.newest(Table::FormField).await.unwrap().version(), 1);
+        let on_disk = std::fs::read_to_string(dir.path().join("p/_schemas/form/v3.avsc")).unwrap();
+        assert_eq!(on_disk, b3.json());
+    }
+}

@@ -65,6 +65,10 @@ const FETCH_MAX_BYTES: &str = "8388608";
 /// With the smaller queue above, the default emptied the queue and starved the pipeline for
 /// up to a second at a time: the sink stayed at ~19k records/s whatever its CPU cost.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// A static member's session (librdkafka's default is 45 s): a restarted sink takes its old
+/// place at once whatever this is; a sink that does not come back gives its partitions up after
+/// it. 15 s: a few heartbeats (3 s) lost to a busy machine are not a departure.
+const SESSION_TIMEOUT_MS: &str = "15000";
 /// How long the committed offsets of newly assigned partitions are waited for per attempt (a
 /// transaction another instance left open keeps them pending until it ends).
 const COMMITTED_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,6 +145,8 @@ impl SinkContext {
 #[derive(Debug, Clone)]
 pub(crate) struct RunOptions {
     pub(crate) max_records: Option<u64>,
+    /// This instance's stable id (`connector_common::instance`).
+    pub(crate) instance_id: String,
 }
 
 /// Counters shared with the progress line.
@@ -168,7 +174,8 @@ pub(crate) async fn run(
     }
 
     let mut pc = cfg.kafka.client_config();
-    pc.set("transactional.id", cfg.transactional_id())
+    let transactional_id = cfg.transactional_id(&opts.instance_id);
+    pc.set("transactional.id", &transactional_id)
         .set("enable.idempotence", "true");
     if pc.get("transaction.timeout.ms").is_none() {
         pc.set(
@@ -204,11 +211,16 @@ pub(crate) async fn run(
 
     let mut cc = cfg.kafka.client_config();
     cc.set("group.id", cfg.group())
+        .set(
+            "group.instance.id",
+            cfg.group_instance_id(&opts.instance_id),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
     for (k, v) in [
+        ("session.timeout.ms", SESSION_TIMEOUT_MS),
         ("queued.max.messages.kbytes", QUEUED_MAX_KBYTES),
         ("fetch.max.bytes", FETCH_MAX_BYTES),
         ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
@@ -286,7 +298,7 @@ pub(crate) async fn run(
     let mut running: Option<RunningCommit> = None;
     let mut last_idle_tick = Instant::now();
     health.set_ready(true);
-    info!(%topic, group = cfg.group(), transactional_id = %cfg.transactional_id(), "Sink running.");
+    info!(%topic, group = cfg.group(), %transactional_id, group_instance_id = %cfg.group_instance_id(&opts.instance_id), "Sink running.");
 
     let rebalance = |pending: &mut VecDeque<Cmd>, manager: &mut Manager| -> anyhow::Result<()> {
         let events: Vec<RebalanceEvent> =
