@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use connector_common::Shutdown;
 use connector_common::eos::TxnProducer;
-use connector_common::kafka::{CLOSE_TIMEOUT, close_consumer};
+use connector_common::kafka::{
+    CLOSE_TIMEOUT, ConsumerErrorAction, close_consumer, consumer_error_action,
+};
 use connector_common::telemetry::Health;
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -440,11 +442,20 @@ pub(crate) async fn run(
                 // Copied once, straight from librdkafka's buffer (not detached first).
                 let first = match msg {
                     Ok(m) => to_record(&m),
-                    Err(e) => {
-                        warn!(error = %e, "Kafka consumer error (retried by the client).");
-                        metrics::counter!("component_errors_total", "error_type" => "consumer", "stage" => "receiving").increment(1);
-                        continue;
-                    }
+                    Err(e) => match consumer_error_action(&e) {
+                        ConsumerErrorAction::Ignore => continue,
+                        ConsumerErrorAction::Warn => {
+                            warn!(error = %e, "Kafka consumer error (retried by the client).");
+                            metrics::counter!("component_errors_total", "error_type" => "consumer", "stage" => "receiving").increment(1);
+                            continue;
+                        }
+                        ConsumerErrorAction::Fatal => {
+                            health.set_problem(Some(format!("Kafka consumer: {e}")));
+                            break Err(anyhow::anyhow!(
+                                "fatal Kafka consumer error: {e}; exiting without committing what is not durable (a restart resumes)"
+                            ));
+                        }
+                    },
                 };
                 // Rebalances seen while polling come before this record.
                 if let Err(e) = rebalance(&mut pending, &mut manager) { break Err(e); }
@@ -472,7 +483,11 @@ pub(crate) async fn run(
                             batch.push(r);
                         }
                         Some(Err(e)) => {
-                            warn!(error = %e, "Kafka consumer error (retried by the client).");
+                            if consumer_error_action(&e) == ConsumerErrorAction::Fatal {
+                                failed = Some(anyhow::anyhow!("fatal Kafka consumer error: {e}"));
+                            } else {
+                                warn!(error = %e, "Kafka consumer error (retried by the client).");
+                            }
                             break;
                         }
                         None => break,
