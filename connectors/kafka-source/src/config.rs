@@ -38,7 +38,7 @@ pub struct SourceConfig {
 }
 
 /// The `enrich:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct EnrichConfig {
     /// Base URL; forms are read from `{uri}/internal.forms/{form_id}`.
@@ -64,7 +64,42 @@ pub struct EnrichConfig {
     /// The form cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Longest API answer taken, in bytes: a longer one is abandoned at this many bytes (its
+    /// connection dropped, never held whole in memory) and its event dead-lettered
+    /// (`answer_too_large`). Default: the producer's `message.max.bytes` (librdkafka's default
+    /// 1,000,000, or what `kafka.properties` sets) less [`ENVELOPE_ROOM`], so that an answer
+    /// taken also fits in the enriched record.
+    #[serde(default, with = "connector_common::size::option")]
+    pub max_answer_bytes: Option<ByteSize>,
 }
+
+/// Debug without the URL's userinfo and query (the token is a [`Secret`] already).
+impl std::fmt::Debug for EnrichConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrichConfig")
+            .field("uri", &crate::redact::url(&self.uri))
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("connections", &self.connections)
+            .field("retry", &self.retry)
+            .field("cache", &self.cache)
+            .field("max_answer_bytes", &self.max_answer_bytes)
+            .finish()
+    }
+}
+
+/// librdkafka's default `message.max.bytes` (the producer refuses a larger record).
+pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
+/// What an enriched record holds beyond the form's text, kept free under `message.max.bytes`
+/// by the default `enrich.max-answer-bytes`: the envelope (`{"event":…,"form":…,
+/// "retrieved_timestamp":"…","source":{"topic":…,"partition":…,"offset":…}}`, ~110 bytes plus
+/// the topic name), the key (the form id), librdkafka's per-record framing (36 bytes), and the
+/// event itself, which is usually a few hundred bytes: 16 KiB leaves room for events up to
+/// ~16 KB. A record that still ends up too large (a bigger event) is dead-lettered as
+/// `record_too_large`; nothing crashes.
+pub const ENVELOPE_ROOM: u64 = 16 * 1024;
 
 /// Default request timeout: the API answers in milliseconds; 5 s means it hangs.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -135,7 +170,9 @@ pub struct SourceOptions {
     /// On SIGINT/SIGTERM, wait at most this long for in-flight events before the final commit.
     #[serde(with = "connector_common::duration")]
     pub drain_timeout: Duration,
-    /// Prefix of the transactional id (a unique suffix is added per process); default `meta.name`.
+    /// Prefix of the transactional id, `{prefix}-{instance id}` (`--instance-id`, else
+    /// `{hostname}-{n}`: stable across restarts, so a restart fences its dead predecessor and
+    /// aborts its open transaction at once); default `meta.name`.
     pub transactional_id_prefix: Option<String>,
 }
 
@@ -198,6 +235,30 @@ impl ConnectorConfig for SourceConfig {
                 "must be an http:// or https:// URL",
             ));
         }
+        if self.enrich.uri.query().is_some() || self.enrich.uri.fragment().is_some() {
+            return Err(ConfigError::invalid(
+                "enrich.uri",
+                "must not have a query or a fragment (forms are read from `{uri}/internal.forms/{id}`; a token goes in `enrich.token`)",
+            ));
+        }
+        if self
+            .enrich
+            .max_answer_bytes
+            .is_some_and(|b| b.as_u64() == 0)
+        {
+            return Err(ConfigError::invalid(
+                "enrich.max-answer-bytes",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(v) = self.kafka.properties.get("message.max.bytes")
+            && v.parse::<u64>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "kafka.properties.message.max.bytes",
+                "must be a number of bytes",
+            ));
+        }
         if self.enrich.concurrency == 0 {
             return Err(ConfigError::invalid(
                 "enrich.concurrency",
@@ -254,6 +315,37 @@ impl SourceConfig {
     pub fn group(&self) -> &str {
         self.kafka.group_or(&self.meta.name)
     }
+
+    /// The producer's `message.max.bytes`: `kafka.properties`, else librdkafka's default.
+    pub fn message_max_bytes(&self) -> u64 {
+        self.kafka
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
+    /// `enrich.max-answer-bytes`, else the producer's `message.max.bytes` less
+    /// [`ENVELOPE_ROOM`] (at least 1 KiB).
+    pub fn max_answer_bytes(&self) -> u64 {
+        match self.enrich.max_answer_bytes {
+            Some(b) => b.as_u64(),
+            None => self
+                .message_max_bytes()
+                .saturating_sub(ENVELOPE_ROOM)
+                .max(1024),
+        }
+    }
+
+    /// A warning for a bearer token sent over plain `http://` (anyone on the path reads it).
+    pub fn plain_http_token_warning(&self) -> Option<String> {
+        (self.enrich.token.is_some() && self.enrich.uri.scheme() == "http").then(|| {
+            format!(
+                "`enrich.token` is sent over plain http:// to {}: anyone on the network path can read it; use https://",
+                crate::redact::url(&self.enrich.uri)
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +370,73 @@ mod tests {
         }
     }
 
+    fn shipped() -> SourceConfig {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/form-events-source.yaml");
+        load(&f, &dummy_secrets_for(&f)).unwrap()
+    }
+
+    /// A small config of our own (not the shipped file, which others edit), with `edit` applied.
+    fn with(edit: impl Fn(String) -> String) -> SourceConfig {
+        let base = "apiVersion: 0.2.0\nmeta:\n  version: 0.1.0\n  name: s\n  type: kafka-source\n  \
+                    topic:\n    meta:\n      name: out\n  secrets:\n    - name: FORMS_API_TOKEN\nkafka:\n  brokers: b:9092\n  \
+                    topic: in\n  properties:\n    auto.offset.reset: earliest\nmetrics:\n  \
+                    address: 127.0.0.1:0\nenrich:\n  uri: http://127.0.0.1:8000\n  timeout: 5s\n";
+        let secrets = connector_common::SecretStore::from_pairs([("FORMS_API_TOKEN", "tok-123")]);
+        connector_common::config::load_str::<SourceConfig>(
+            &edit(base.to_owned()),
+            Path::new("x.yaml"),
+            &secrets,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn max_answer_bytes_follows_message_max_bytes() {
+        let c = shipped();
+        assert_eq!(c.message_max_bytes(), 1_000_000);
+        assert_eq!(c.max_answer_bytes(), 1_000_000 - 16_384);
+        assert_eq!(with(|y| y).max_answer_bytes(), 1_000_000 - 16_384);
+        let c = with(|y| {
+            y.replace(
+                "    auto.offset.reset: earliest\n",
+                "    auto.offset.reset: earliest\n    message.max.bytes: \"4000000\"\n",
+            )
+        });
+        assert_eq!(c.max_answer_bytes(), 4_000_000 - 16_384);
+        let c = with(|y| {
+            y.replace(
+                "  timeout: 5s\n",
+                "  timeout: 5s\n  max-answer-bytes: 2MB\n",
+            )
+        });
+        assert_eq!(c.max_answer_bytes(), 2_000_000);
+    }
+
+    #[test]
+    fn debug_and_warnings_never_show_userinfo_or_token() {
+        let c = with(|y| {
+            y.replace(
+                "  uri: http://127.0.0.1:8000\n",
+                "  uri: http://user:pa55w0rd@127.0.0.1:8000\n  token: ${{ secrets.FORMS_API_TOKEN }}\n",
+            )
+        });
+        assert_eq!(c.enrich.token.as_ref().map(|t| t.expose()), Some("tok-123"));
+        let d = format!("{c:?}");
+        assert!(!d.contains("pa55w0rd") && !d.contains("tok-123"), "{d}");
+        assert!(!d.contains("user"), "{d}");
+        assert!(d.contains("127.0.0.1:8000"), "{d}");
+        let w = c
+            .plain_http_token_warning()
+            .expect("a token over http:// warns");
+        assert!(w.contains("http://") && !w.contains("pa55w0rd"), "{w}");
+        assert!(!w.contains("tok-123"), "{w}");
+        // No token, or https: no warning.
+        assert_eq!(with(|y| y).plain_http_token_warning(), None);
+        let mut https = c.clone();
+        https.enrich.uri = "https://forms.example.com".parse().unwrap();
+        assert_eq!(https.plain_http_token_warning(), None);
+    }
+
     #[test]
     fn golden_errors() {
         let base = std::fs::read_to_string(
@@ -294,12 +453,22 @@ mod tests {
             (
                 "  timeout: 5s\n",
                 "  timeout: 5s\n  retries: 3\n",
-                "x.yaml: `enrich.retries`: unknown field `retries`, expected one of `uri`, `token`, `timeout`, `concurrency`, `connections`, `retry`, `cache`",
+                "x.yaml: `enrich.retries`: unknown field `retries`, expected one of `uri`, `token`, `timeout`, `concurrency`, `connections`, `retry`, `cache`, `max-answer-bytes`",
             ),
             (
                 "  uri: http://127.0.0.1:8000\n",
                 "  uri: not a url\n",
                 "x.yaml: `enrich.uri`: relative URL without a base: \"not a url\"",
+            ),
+            (
+                "  uri: http://127.0.0.1:8000\n",
+                "  uri: http://127.0.0.1:8000/?key=k\n",
+                "x.yaml: `enrich.uri`: must not have a query or a fragment (forms are read from `{uri}/internal.forms/{id}`; a token goes in `enrich.token`)",
+            ),
+            (
+                "  timeout: 5s\n",
+                "  timeout: 5s\n  max-answer-bytes: 0\n",
+                "x.yaml: `enrich.max-answer-bytes`: must be greater than zero",
             ),
         ];
         for (from, to, want) in cases {

@@ -7,6 +7,13 @@
 //! - else with a new request. Requests run in their own task, retry transient failures
 //!   (5xx, 408, 429, timeouts, connection errors) for ever with backoff and jitter, and store
 //!   their answer in the cache when done, whether or not anyone still waits for them.
+//!
+//! Answers that say the API is not serving us, rather than something about one form, are retried
+//! the same way (so the source pauses, as in an outage), flag `/health` at once, and are never
+//! cached: 401, 403 and 407 (credentials), 3xx (a moved API: `enrich.uri`), and a 2xx whose body
+//! is not a form at all (not JSON, or not an object with an `id`: a proxy's error page).
+//! A body longer than `enrich.max-answer-bytes` is abandoned at the cap (never held whole) and
+//! answers [`Answer::TooLarge`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,7 +23,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use connector_common::Secret;
 use connector_common::retry::{ErrorClass, RetryPolicy, classify_http_status};
-use connector_common::telemetry::Health;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use metrics::{Counter, Histogram, counter, histogram};
@@ -26,8 +32,8 @@ use tower::limit::ConcurrencyLimitLayer;
 use tracing::{debug, warn};
 
 use crate::config::EnrichConfig;
-use crate::http1::HttpError;
-use crate::http1::{Http1Pool, MAX_CONNECTING};
+use crate::http1::{Body, Capped, Http1Pool, HttpError, MAX_CONNECTING, TooLarge};
+use crate::problems::{Part, Problems};
 
 /// The API's answer for one form id.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +43,11 @@ pub enum Answer {
     Form(Bytes),
     /// 404.
     NotFound,
-    /// Not a form (not JSON, no id, another id, a 4xx other than 404/408/429): the detail.
+    /// An invalid form (another id, a wrong-typed or missing attribute, a 4xx other than
+    /// 401/403/404/407/408/429): the detail.
     Invalid(String),
+    /// Longer than `enrich.max-answer-bytes`: the detail (the size seen and the cap).
+    TooLarge(String),
 }
 
 /// An answer with when it was retrieved.
@@ -69,8 +78,10 @@ pub struct Enricher {
 
 impl std::fmt::Debug for Enricher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `base` is redacted when built: no userinfo, no query.
         f.debug_struct("Enricher")
             .field("base", &self.inner.base)
+            .field("max_answer_bytes", &self.inner.max_answer_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -150,7 +161,10 @@ enum Transport {
 
 struct Inner {
     transport: Transport,
+    /// `{uri}/internal.forms/` without userinfo or query (for `Debug`).
     base: String,
+    /// `enrich.max-answer-bytes`.
+    max_answer_bytes: u64,
     /// Path of `{uri}/internal.forms/` (a request appends the encoded id).
     base_path: String,
     timeout: Duration,
@@ -166,7 +180,7 @@ struct Inner {
     /// to retry).
     outstanding: AtomicUsize,
     consecutive_failures: AtomicU64,
-    health: Health,
+    problems: Problems,
     hits: Counter,
     coalesced: Counter,
     misses: Counter,
@@ -178,16 +192,19 @@ struct Inner {
 
 impl Enricher {
     /// A client for `cfg`: pooled keep-alive connections, at most `enrich.connections` (one
-    /// request each at a time), opened a few at a time. Requests, their connections and the
-    /// checks of their answers run on `requests` (in `kafka-source`, a runtime on a thread of
-    /// its own; it may be the caller's).
+    /// request each at a time), opened a few at a time; answers longer than `max_answer_bytes`
+    /// are abandoned at that size. Requests, their connections and the checks of their answers
+    /// run on `requests` (in `kafka-source`, a runtime on a thread of its own; it may be the
+    /// caller's). Its problems (outage, refusals) go to `problems`.
     pub fn new(
         cfg: &EnrichConfig,
-        health: Health,
+        max_answer_bytes: u64,
+        problems: Problems,
         requests: tokio::runtime::Handle,
     ) -> anyhow::Result<Self> {
         let base = format!("{}/internal.forms/", cfg.uri.as_str().trim_end_matches('/'));
-        let base_url = reqwest::Url::parse(&base)?;
+        let base_url =
+            reqwest::Url::parse(&base).map_err(|e| anyhow::anyhow!("enrich.uri: {e}"))?;
         let transport = if base_url.scheme() == "http" {
             Transport::Http1(Http1Pool::new(
                 &base_url,
@@ -217,7 +234,8 @@ impl Enricher {
             inner: Arc::new(Inner {
                 transport,
                 base_path: base_url.path().to_owned(),
-                base,
+                base: crate::redact::url(&base_url),
+                max_answer_bytes,
                 timeout: cfg.timeout,
                 retry: cfg.retry.clone(),
                 ttl: cfg.cache.ttl,
@@ -228,7 +246,7 @@ impl Enricher {
                 next_id: AtomicU64::new(0),
                 outstanding: AtomicUsize::new(0),
                 consecutive_failures: AtomicU64::new(0),
-                health,
+                problems,
                 hits: counter!("enrich_cache_lookups_total", "result" => "hit"),
                 coalesced: counter!("enrich_cache_lookups_total", "result" => "coalesced"),
                 misses: counter!("enrich_cache_lookups_total", "result" => "miss"),
@@ -338,7 +356,7 @@ fn entry_bytes(id_len: usize, slot: &Slot) -> usize {
                 + match &f.answer {
                     Answer::Form(text) => text.len(),
                     Answer::NotFound => 0,
-                    Answer::Invalid(detail) => detail.len(),
+                    Answer::Invalid(detail) | Answer::TooLarge(detail) => detail.len(),
                 }
         }
         Slot::Loading { .. } => 0,
@@ -416,16 +434,29 @@ impl Inner {
             match self.fetch_once(id).await {
                 Ok(f) => {
                     if self.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
-                        self.health.set_problem(None);
+                        self.problems.set(Part::FormsApi, None);
                     }
                     return f;
                 }
-                Err(why) => {
+                Err(failure) => {
                     let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n == 20 {
-                        self.health
-                            .set_problem(Some(format!("forms API failing: {why}")));
-                    }
+                    let why = match &failure {
+                        // Not a blip: flagged at once (and kept while it lasts).
+                        Failure::Refused(why) => {
+                            self.problems.set(
+                                Part::FormsApi,
+                                Some(format!("forms API: {why}; enrichment paused, retrying")),
+                            );
+                            why
+                        }
+                        Failure::Unavailable(why) => {
+                            if n == 20 {
+                                self.problems
+                                    .set(Part::FormsApi, Some(format!("forms API failing: {why}")));
+                            }
+                            why
+                        }
+                    };
                     let wait = self.retry.backoff(attempt);
                     if attempt == 3 || (attempt > 3 && attempt.is_multiple_of(10)) {
                         warn!(form_id = %id, attempt, error = %why, wait_ms = wait.as_millis() as u64, "Forms API request failed; retrying.");
@@ -460,17 +491,25 @@ impl Inner {
         (micros, form_model::format_rfc3339_micros(micros).into())
     }
 
-    /// One request: `Ok` for a definite answer, `Err` (transient, with why) to retry.
-    async fn fetch_once(&self, id: &str) -> Result<Fetched, String> {
+    /// One request: `Ok` for a definite answer, `Err` (with why) to retry.
+    async fn fetch_once(&self, id: &str) -> Result<Fetched, Failure> {
+        if let Err(why) = check_form_id(id) {
+            // Never sent (the source dead-letters these before asking).
+            let (retrieved_micros, retrieved_text) = self.retrieved(None);
+            return Ok(Fetched {
+                answer: Answer::Invalid(why),
+                retrieved_micros,
+                retrieved_text,
+                at: Instant::now(),
+            });
+        }
+        let cap = self.max_answer_bytes;
         let mut path = String::with_capacity(self.base_path.len() + id.len() + 8);
         path.push_str(&self.base_path);
         encode_path_segment(id, &mut path);
         let started = Instant::now();
         let result = match &self.transport {
-            Transport::Http1(pool) => pool
-                .get(&path, self.timeout)
-                .await
-                .map(|a| (a.status, a.date, a.body)),
+            Transport::Http1(pool) => pool.get(&path, self.timeout, cap).await,
             Transport::Reqwest {
                 client,
                 base_url,
@@ -481,16 +520,21 @@ impl Inner {
                     .acquire()
                     .await
                     .expect("the semaphore is never closed");
-                fetch_reqwest(client, base_url, &path, token.as_ref(), self.timeout).await
+                fetch_reqwest(client, base_url, &path, token.as_ref(), self.timeout, cap).await
             }
         };
         self.request_duration
             .record(started.elapsed().as_secs_f64());
-        let (status, date, body) = match result {
+        let crate::http1::Answered {
+            status,
+            date,
+            content_type,
+            body,
+        } = match result {
             Ok(x) => x,
             Err(e) => {
                 counter!("forms_api_responses_total", "status" => e.kind()).increment(1);
-                return Err(e.to_string());
+                return Err(Failure::Unavailable(crate::redact::text(&e.to_string())));
             }
         };
         if status == 200 {
@@ -507,10 +551,41 @@ impl Inner {
                 at: Instant::now(),
             })
         };
+        let body = match body {
+            Body::Whole(b) => b,
+            Body::TooLarge(t) if (200..=299).contains(&status) => {
+                counter!("forms_api_answers_too_large_total").increment(1);
+                return done(Answer::TooLarge(too_large_detail(id, t, cap)));
+            }
+            // The status says it all; the body is not read.
+            Body::TooLarge(_) => Bytes::new(),
+        };
         match (status, classify_http_status(status)) {
-            (200..=299, _) => done(validate_form(id, &body)),
+            (200..=299, _) => match check_answer(id, &body) {
+                Ok(answer) => done(answer),
+                Err(why) => {
+                    counter!("forms_api_answers_not_a_form_total").increment(1);
+                    Err(Failure::Refused(format!(
+                        "HTTP {status} with a body that is not a form ({}, {} bytes: {why})",
+                        content_type
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok())
+                            .map_or_else(
+                                || "no content-type".to_owned(),
+                                |t| format!("content-type {t}")
+                            ),
+                        body.len()
+                    )))
+                }
+            },
             (404, _) => done(Answer::NotFound),
-            (_, Some(ErrorClass::Transient)) => Err(format!("HTTP {status}")),
+            (401 | 403 | 407, _) => Err(Failure::Refused(format!(
+                "HTTP {status}: the forms API refuses our credentials (check `enrich.token`)"
+            ))),
+            (300..=399, _) => Err(Failure::Refused(format!(
+                "HTTP {status}: a redirect (check `enrich.uri`)"
+            ))),
+            (_, Some(ErrorClass::Transient)) => Err(Failure::Unavailable(format!("HTTP {status}"))),
             _ => done(Answer::Invalid(format!(
                 "the forms API answered HTTP {status} for form `{id}`"
             ))),
@@ -518,14 +593,52 @@ impl Inner {
     }
 }
 
-/// `GET path` with reqwest (`https://` APIs).
+/// Why a request is retried.
+#[derive(Debug)]
+enum Failure {
+    /// The API is away or overloaded (5xx, 408, 429, timeouts, connection errors): flagged in
+    /// `/health` once it lasts.
+    Unavailable(String),
+    /// The API answers, but not with forms (401, 403, 407, 3xx, a 2xx that is no form): flagged
+    /// at once. The text names the status, never a secret.
+    Refused(String),
+}
+
+/// The dead letter's detail for an answer over the cap.
+fn too_large_detail(id: &str, t: TooLarge, cap: u64) -> String {
+    match t.declared {
+        Some(n) => format!(
+            "the forms API answer for form `{id}` is {n} bytes (Content-Length), over `enrich.max-answer-bytes` ({cap} bytes): not read"
+        ),
+        None => format!(
+            "the forms API answer for form `{id}` is over `enrich.max-answer-bytes` ({cap} bytes): abandoned after {} bytes",
+            t.read
+        ),
+    }
+}
+
+/// Whether `id` can be requested as `{uri}/internal.forms/{id}`: every byte but the unreserved
+/// ones is percent-encoded, so only the dot segments `.` and `..` would address another path
+/// (clients and servers normalise them away: `/internal.forms/..` is `/`).
+pub fn check_form_id(id: &str) -> Result<(), String> {
+    match id {
+        "." | ".." => Err(format!(
+            "form_id `{id}` is a dot segment: `/internal.forms/{id}` would address another path, so it is never requested"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `GET path` with reqwest (`https://` APIs); a body over `max_body` bytes is abandoned there
+/// (dropping the response closes its connection).
 async fn fetch_reqwest(
     client: &reqwest::Client,
     base_url: &reqwest::Url,
     path: &str,
     token: Option<&Secret>,
     timeout: Duration,
-) -> Result<(u16, Option<HeaderValue>, Bytes), HttpError> {
+    max_body: u64,
+) -> Result<crate::http1::Answered, HttpError> {
     let mut url = base_url.clone();
     url.set_path(path);
     let mut req = client.get(url).timeout(timeout);
@@ -533,29 +646,61 @@ async fn fetch_reqwest(
         req = req.bearer_auth(t.expose());
     }
     let result = async {
-        let resp = req.send().await?;
+        let mut resp = req.send().await?;
         let status = resp.status().as_u16();
         let date = resp.headers().get(reqwest::header::DATE).cloned();
-        let body = resp.bytes().await?;
-        Ok::<_, reqwest::Error>((status, date, body))
+        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+        let answered = |body| crate::http1::Answered {
+            status,
+            date: date.clone(),
+            content_type: content_type.clone(),
+            body,
+        };
+        let mut capped = match Capped::new(max_body, resp.content_length()) {
+            Ok(c) => c,
+            Err(t) => return Ok(answered(Body::TooLarge(t))),
+        };
+        while let Some(chunk) = resp.chunk().await? {
+            if let Err(t) = capped.push(chunk) {
+                return Ok(answered(Body::TooLarge(t)));
+            }
+        }
+        Ok::<_, reqwest::Error>(answered(Body::Whole(capped.finish())))
     }
     .await;
     result.map_err(|e| {
         if e.is_timeout() {
             HttpError::Timeout
         } else if e.is_connect() {
-            HttpError::Connect(e.to_string())
+            HttpError::Connect(reqwest_error_text(e))
         } else {
-            HttpError::Other(e.to_string())
+            HttpError::Other(reqwest_error_text(e))
         }
     })
 }
 
-/// Checks an answer body: a JSON form (form-model's rules) whose `id` is the requested one.
-/// The form's text is the body without insignificant whitespace.
-pub fn validate_form(id: &str, body: &[u8]) -> Answer {
+/// A reqwest error's text with its causes, without the URL (its userinfo or query could hold a
+/// secret): what logs and `/health` may show.
+fn reqwest_error_text(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    crate::redact::text(&text)
+}
+
+/// Checks a 2xx answer's body: a JSON form (form-model's rules) whose `id` is the requested
+/// one ([`Answer::Form`], its text without insignificant whitespace), else an invalid form
+/// ([`Answer::Invalid`]: a JSON object with an `id` that breaks a rule). `Err` (why) for a body
+/// that is not a form at all: not JSON, or not an object with an `id` (an error page, a proxy's
+/// answer): that says nothing about the form, so it is retried, not dead-lettered.
+pub fn check_answer(id: &str, body: &[u8]) -> Result<Answer, String> {
     if let Some(text) = valid_form_fast(id, body) {
-        return Answer::Form(text);
+        return Ok(Answer::Form(text));
     }
     validate_form_slow(id, body)
 }
@@ -874,28 +1019,40 @@ impl Scan<'_> {
 }
 
 /// The full check, with form-model's messages.
-fn validate_form_slow(id: &str, body: &[u8]) -> Answer {
+fn validate_form_slow(id: &str, body: &[u8]) -> Result<Answer, String> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => {
-            return Answer::Invalid(format!(
-                "the forms API answer for form `{id}` is not JSON: {e}"
-            ));
-        }
+        Err(e) => return Err(format!("not JSON: {e}")),
     };
+    match &value {
+        Value::Object(o) if o.contains_key("id") => {}
+        Value::Object(_) => return Err("a JSON object without `id`".into()),
+        other => return Err(format!("JSON {}, not an object", json_kind(other))),
+    }
     if let Err(e) = form_model::validate_api_form(&value) {
-        return Answer::Invalid(format!("form `{id}`: {e}"));
+        return Ok(Answer::Invalid(format!("form `{id}`: {e}")));
     }
     match value.get("id").and_then(Value::as_str) {
         Some(got) if got == id => {}
         got => {
-            return Answer::Invalid(format!(
+            return Ok(Answer::Invalid(format!(
                 "asked for form `{id}`, the forms API answered form `{}`",
                 got.unwrap_or("")
-            ));
+            )));
         }
     }
-    Answer::Form(Bytes::from(value.to_string()))
+    Ok(Answer::Form(Bytes::from(value.to_string())))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// `Date` header (`Tue, 25 Nov 2026 18:32:04 GMT`) → microseconds since the epoch.
@@ -1043,34 +1200,42 @@ mod tests {
 
     #[test]
     fn answers_are_validated() {
-        assert!(
-            matches!(validate_form("a", b"nope"), Answer::Invalid(d) if d.contains("not JSON"))
+        let invalid = |body: &[u8], part: &str| match check_answer("a", body) {
+            Ok(Answer::Invalid(d)) => assert!(d.contains(part), "{d}"),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(body)),
+        };
+        invalid(br#"{"id":"b","title":"t"}"#, "answered form `b`");
+        invalid(br#"{"id":"","title":"t"}"#, "non-empty");
+        invalid(br#"{"id":5,"title":"t"}"#, "id");
+        invalid(br#"{"id":"a","title":null}"#, "title");
+        invalid(br#"{"id":"a"}"#, "title");
+        invalid(
+            br#"{"id":"a","title":"t","fields":[{"id":""}]}"#,
+            "fields[0]",
         );
-        assert!(
-            matches!(validate_form("a", br#"{"title":"t"}"#), Answer::Invalid(d) if d.contains("id"))
-        );
-        assert!(
-            matches!(validate_form("a", br#"{"id":"b","title":"t"}"#), Answer::Invalid(d) if d.contains("answered form `b`"))
-        );
+        invalid(br#"{"id":"a","title":"t","fields":{}}"#, "array");
         assert_eq!(
-            validate_form("a", br#"{ "id": "a", "title": "t" }"#),
-            Answer::Form(Bytes::from_static(br#"{"id":"a","title":"t"}"#))
+            check_answer("a", br#"{ "id": "a", "title": "t" }"#),
+            Ok(Answer::Form(Bytes::from_static(
+                br#"{"id":"a","title":"t"}"#
+            )))
         );
-        assert!(
-            matches!(validate_form("a", br#"{"id":"","title":"t"}"#), Answer::Invalid(d) if d.contains("non-empty"))
-        );
-        assert!(
-            matches!(validate_form("a", br#"{"id":"a","title":null}"#), Answer::Invalid(d) if d.contains("title"))
-        );
-        assert!(
-            matches!(validate_form("a", br#"{"id":"a","title":"t","fields":[{"id":""}]}"#), Answer::Invalid(d) if d.contains("fields[0]"))
-        );
-        assert!(
-            matches!(validate_form("a", br#"{"id":"a","title":"t","fields":{}}"#), Answer::Invalid(d) if d.contains("array"))
-        );
-        assert!(
-            matches!(validate_form("a", br#"{"id":"a","title":"t"} x"#), Answer::Invalid(d) if d.contains("not JSON"))
-        );
+        // Not a form at all: retried (the API is not serving forms), never dead-lettered.
+        for (body, why) in [
+            (&b"nope"[..], "not JSON"),
+            (b"<html><body>502 Bad Gateway</body></html>", "not JSON"),
+            (br#"{"id":"a","title":"t"} x"#, "not JSON"),
+            (b"", "not JSON"),
+            (b"[1, 2, 3]", "an array"),
+            (br#""a""#, "a string"),
+            (br#"{"error":"upstream timed out"}"#, "without `id`"),
+            (br#"{"title":"t"}"#, "without `id`"),
+        ] {
+            match check_answer("a", body) {
+                Err(d) => assert!(d.contains(why), "{d}"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(body)),
+            }
+        }
         // The fast path and the full check agree on valid answers.
         for body in [
             &br#"{"id":"a","title":"t \" \\ x","fields":[{"id":"f","properties":{"choices":[1, 2.5, true, null]}}],"x":{"y":[]}}"#[..],
@@ -1082,7 +1247,7 @@ mod tests {
             assert_eq!(slow, serde_json::from_slice::<Value>(body).unwrap());
             // Escapes are kept as the API wrote them; the rest is the same text.
             if !String::from_utf8_lossy(body).contains("\\u") {
-                assert_eq!(Answer::Form(fast), validate_form_slow("a", body));
+                assert_eq!(Ok(Answer::Form(fast)), validate_form_slow("a", body));
             }
         }
     }
@@ -1107,11 +1272,11 @@ mod tests {
         ] {
             assert_eq!(valid_form_fast("a", body), None, "{why}");
             // …which the full check still takes or explains.
-            let _ = validate_form("a", body);
+            let _ = check_answer("a", body);
         }
         assert!(matches!(
-            validate_form("a", br#"{"id":"a","title":"t","n":1e3}"#),
-            Answer::Form(_)
+            check_answer("a", br#"{"id":"a","title":"t","n":1e3}"#),
+            Ok(Answer::Form(_))
         ));
     }
 
@@ -1152,7 +1317,7 @@ mod tests {
                     serde_json::from_slice(&body).expect("fast path took invalid JSON");
                 assert_eq!(serde_json::from_slice::<Value>(&fast).unwrap(), value);
                 match validate_form_slow("a", &body) {
-                    Answer::Form(slow) => {
+                    Ok(Answer::Form(slow)) => {
                         assert_eq!(serde_json::from_slice::<Value>(&slow).unwrap(), value)
                     }
                     other => panic!(
@@ -1188,6 +1353,244 @@ mod tests {
                 String::from_utf8_lossy(&minify(json)),
                 String::from_utf8_lossy(compact)
             );
+        }
+    }
+
+    /// An HTTP/1.1 server on 127.0.0.1 answering every request with 200 and a body of
+    /// `body_len` bytes, written 64 KiB at a time (with `Content-Length` if `declare`, else
+    /// chunked), until the client goes away. Counts the body bytes it managed to write.
+    async fn big_server(declare: bool, body_len: usize) -> (String, Arc<AtomicU64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = Arc::new(AtomicU64::new(0));
+        let counted = written.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let written = counted.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let framing = if declare {
+                        format!("content-length: {body_len}")
+                    } else {
+                        "transfer-encoding: chunked".to_owned()
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+                    );
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut left = body_len;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        let r = if declare {
+                            sock.write_all(&chunk[..n]).await
+                        } else {
+                            let mut c = format!("{n:x}\r\n").into_bytes();
+                            c.extend_from_slice(&chunk[..n]);
+                            c.extend_from_slice(b"\r\n");
+                            sock.write_all(&c).await
+                        };
+                        if r.is_err() {
+                            return;
+                        }
+                        written.fetch_add(n as u64, Ordering::Relaxed);
+                        left -= n;
+                    }
+                    if !declare {
+                        let _ = sock.write_all(b"0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        (format!("http://127.0.0.1:{}", addr.port()), written)
+    }
+
+    /// Waits (5 s at most) until the server has stopped writing (the client dropped the
+    /// connection), and returns what it wrote.
+    async fn settled(written: &AtomicU64) -> u64 {
+        let mut last = u64::MAX;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = written.load(Ordering::Relaxed);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        panic!("the server kept writing: the connection was not dropped");
+    }
+
+    const CAP: u64 = 1_000_000;
+    const HUGE: usize = 100_000_000;
+
+    fn assert_abandoned(body: Body, declared: bool) {
+        match body {
+            Body::TooLarge(t) if declared => {
+                assert_eq!(
+                    t,
+                    TooLarge {
+                        declared: Some(HUGE as u64),
+                        read: 0
+                    }
+                )
+            }
+            Body::TooLarge(t) => {
+                assert_eq!(t.declared, None);
+                assert!(
+                    t.read > CAP && t.read <= CAP + 64 * 1024 + 16 * 1024,
+                    "{t:?}"
+                );
+            }
+            Body::Whole(b) => panic!("took a body of {} bytes", b.len()),
+        }
+    }
+
+    /// Both transports read a body as a stream and drop it (and its connection) at the cap,
+    /// whether or not its length was declared; a body under the cap is taken whole.
+    #[tokio::test]
+    async fn bodies_over_the_cap_are_abandoned_at_the_cap_on_both_transports() {
+        for declare in [false, true] {
+            let (base, written) = big_server(declare, HUGE).await;
+            let url: url::Url = format!("{base}/internal.forms/").parse().unwrap();
+            let pool = Http1Pool::new(&url, 4, None).unwrap();
+            let a = pool
+                .get("/internal.forms/x", Duration::from_secs(20), CAP)
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200);
+            assert_abandoned(a.body, declare);
+            let sent = settled(&written).await;
+            assert!(
+                sent < HUGE as u64 / 4,
+                "http1 (declared {declare}): server wrote {sent}"
+            );
+
+            let (base, written) = big_server(declare, HUGE).await;
+            let client = reqwest::Client::builder().build().unwrap();
+            let url = reqwest::Url::parse(&format!("{base}/internal.forms/")).unwrap();
+            let a = fetch_reqwest(
+                &client,
+                &url,
+                "/internal.forms/x",
+                None,
+                Duration::from_secs(20),
+                CAP,
+            )
+            .await
+            .unwrap();
+            assert_abandoned(a.body, declare);
+            let sent = settled(&written).await;
+            assert!(
+                sent < HUGE as u64 / 4,
+                "reqwest (declared {declare}): server wrote {sent}"
+            );
+        }
+        // Under the cap: whole, on both.
+        for declare in [false, true] {
+            let (base, _) = big_server(declare, 200_000).await;
+            let url: url::Url = format!("{base}/internal.forms/").parse().unwrap();
+            let pool = Http1Pool::new(&url, 4, None).unwrap();
+            let a = pool
+                .get("/internal.forms/x", Duration::from_secs(20), CAP)
+                .await
+                .unwrap();
+            assert!(matches!(a.body, Body::Whole(b) if b.len() == 200_000));
+            let client = reqwest::Client::builder().build().unwrap();
+            let url = reqwest::Url::parse(&format!("{base}/internal.forms/")).unwrap();
+            let a = fetch_reqwest(
+                &client,
+                &url,
+                "/internal.forms/x",
+                None,
+                Duration::from_secs(20),
+                CAP,
+            )
+            .await
+            .unwrap();
+            assert!(matches!(a.body, Body::Whole(b) if b.len() == 200_000));
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_refused_other_ids_are_encoded() {
+        for id in [".", ".."] {
+            let why = check_form_id(id).unwrap_err();
+            assert!(why.contains("dot segment"), "{why}");
+        }
+        for id in ["...", "../x", "a?b=c", "%2e%2e", "é/ü", ".a", "a."] {
+            assert_eq!(check_form_id(id), Ok(()), "{id}");
+        }
+        let mut s = String::from("/x/");
+        encode_path_segment("../x", &mut s);
+        assert_eq!(s, "/x/..%2Fx");
+        let mut s = String::from("/x/");
+        encode_path_segment("%2e%2e", &mut s);
+        assert_eq!(s, "/x/%252e%252e");
+    }
+
+    fn enrich_config(uri: &str) -> EnrichConfig {
+        serde_json::from_value(serde_json::json!({ "uri": uri })).unwrap()
+    }
+
+    #[tokio::test]
+    async fn debug_shows_no_userinfo_or_query() {
+        for uri in [
+            "https://bob:s3cret@forms.example.com/api",
+            "http://bob:s3cret@127.0.0.1:8000",
+        ] {
+            let e = Enricher::new(
+                &enrich_config(uri),
+                CAP,
+                Problems::new(connector_common::telemetry::Health::default()),
+                tokio::runtime::Handle::current(),
+            )
+            .unwrap();
+            let d = format!("{e:?}");
+            assert!(!d.contains("s3cret") && !d.contains("bob"), "{d}");
+            assert!(d.contains("/internal.forms/"), "{d}");
+        }
+    }
+
+    /// reqwest's error text names the URL, userinfo and query included: what we keep of it
+    /// does not.
+    #[tokio::test]
+    async fn transport_errors_carry_no_userinfo_or_query() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        }; // closed again: connection refused
+        let client = reqwest::Client::builder().build().unwrap();
+        let url = reqwest::Url::parse(&format!(
+            "http://bob:s3cret@127.0.0.1:{port}/internal.forms/"
+        ))
+        .unwrap();
+        // Not a URL we send (config refuses a query), but if one had it…
+        let mut with_query = url.clone();
+        with_query.set_query(Some("token=t0k3n"));
+        for (base, path) in [
+            (&url, "/internal.forms/x"),
+            (&with_query, "/internal.forms/x"),
+        ] {
+            let err = fetch_reqwest(&client, base, path, None, Duration::from_secs(5), CAP)
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, HttpError::Connect(_)), "{text}");
+            for secret in ["s3cret", "bob", "t0k3n"] {
+                assert!(!text.contains(secret), "{secret} in {text:?}");
+            }
+            assert!(text.contains("connect"), "{text}");
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{ACCEPT, AUTHORIZATION, DATE, HOST, HeaderValue};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, DATE, HOST, HeaderValue};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -37,7 +37,85 @@ pub(crate) struct Answered {
     pub(crate) status: u16,
     /// The `Date` header, if any (unparsed).
     pub(crate) date: Option<HeaderValue>,
-    pub(crate) body: Bytes,
+    /// The `Content-Type` header, if any.
+    pub(crate) content_type: Option<HeaderValue>,
+    pub(crate) body: Body,
+}
+
+/// An answer's body, read up to a cap.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// All of it.
+    Whole(Bytes),
+    /// Longer than the cap: abandoned (its connection dropped) at the cap, or before reading
+    /// anything when its `Content-Length` says so.
+    TooLarge(TooLarge),
+}
+
+/// How much of a body over the cap was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooLarge {
+    /// Its `Content-Length`, if it had one.
+    pub(crate) declared: Option<u64>,
+    /// Bytes read when it was abandoned (at most the cap plus one chunk).
+    pub(crate) read: u64,
+}
+
+/// A body read chunk by chunk, refused as soon as it passes `cap` bytes: never more than the cap
+/// plus one chunk in memory.
+#[derive(Debug)]
+pub(crate) struct Capped {
+    cap: u64,
+    declared: Option<u64>,
+    parts: Vec<Bytes>,
+    len: u64,
+}
+
+impl Capped {
+    /// A reader for a body of `declared` bytes (`Content-Length`, if any): refused at once if
+    /// that is over `cap`.
+    pub(crate) fn new(cap: u64, declared: Option<u64>) -> Result<Self, TooLarge> {
+        if declared.is_some_and(|d| d > cap) {
+            return Err(TooLarge { declared, read: 0 });
+        }
+        Ok(Self {
+            cap,
+            declared,
+            parts: Vec::new(),
+            len: 0,
+        })
+    }
+
+    /// Takes the next chunk; `Err` once the body is over the cap (the chunk is dropped).
+    pub(crate) fn push(&mut self, chunk: Bytes) -> Result<(), TooLarge> {
+        self.len += chunk.len() as u64;
+        if self.len > self.cap {
+            self.parts.clear();
+            return Err(TooLarge {
+                declared: self.declared,
+                read: self.len,
+            });
+        }
+        if !chunk.is_empty() {
+            self.parts.push(chunk);
+        }
+        Ok(())
+    }
+
+    /// The whole body (a single chunk as it is, without a copy).
+    pub(crate) fn finish(mut self) -> Bytes {
+        match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.pop().expect("one part"),
+            _ => {
+                let mut all = Vec::with_capacity(self.len as usize);
+                for p in &self.parts {
+                    all.extend_from_slice(p);
+                }
+                Bytes::from(all)
+            }
+        }
+    }
 }
 
 /// Why a request got no answer (all are retried by the caller).
@@ -95,7 +173,8 @@ impl std::fmt::Debug for Http1Pool {
     }
 }
 
-type Exchange = Result<Answered, hyper::Error>;
+/// The answer, and whether its connection may serve another request.
+type Exchange = Result<(Answered, bool), hyper::Error>;
 
 impl Http1Pool {
     /// A pool for the `http://` URL `base` (only its host and port are used), at most
@@ -132,8 +211,14 @@ impl Http1Pool {
     }
 
     /// `GET path` (origin form, already percent-encoded), `timeout` from the moment a slot is
-    /// free to the last body byte.
-    pub(crate) async fn get(&self, path: &str, timeout: Duration) -> Result<Answered, HttpError> {
+    /// free to the last body byte; a body over `max_body` bytes is abandoned there (and its
+    /// connection closed).
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        timeout: Duration,
+        max_body: u64,
+    ) -> Result<Answered, HttpError> {
         let uri =
             Uri::try_from(path).map_err(|e| HttpError::Other(format!("bad path {path:?}: {e}")))?;
         let _slot = self
@@ -141,21 +226,25 @@ impl Http1Pool {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        match tokio::time::timeout(timeout, self.get_in_slot(uri)).await {
+        match tokio::time::timeout(timeout, self.get_in_slot(uri, max_body)).await {
             Ok(r) => r,
             Err(_) => Err(HttpError::Timeout),
         }
     }
 
-    async fn get_in_slot(&self, uri: Uri) -> Result<Answered, HttpError> {
+    async fn get_in_slot(&self, uri: Uri, max_body: u64) -> Result<Answered, HttpError> {
         let (mut sender, mut reused) = match self.take_idle() {
             Some(s) => (s, true),
             None => (self.connect().await?, false),
         };
         loop {
-            match exchange(&mut sender, self.request(uri.clone())).await {
-                Ok(a) => {
-                    self.idle.lock().expect("pool lock").push(sender);
+            match exchange(&mut sender, self.request(uri.clone()), max_body).await {
+                Ok((a, reusable)) => {
+                    // A body abandoned half-read leaves the connection unusable: dropping the
+                    // sender (and the body) closes it.
+                    if reusable {
+                        self.idle.lock().expect("pool lock").push(sender);
+                    }
                     return Ok(a);
                 }
                 // The server closed this kept-alive connection before answering (its idle
@@ -218,11 +307,38 @@ impl Http1Pool {
     }
 }
 
-async fn exchange(sender: &mut SendRequest<Empty<Bytes>>, req: Request<Empty<Bytes>>) -> Exchange {
+async fn exchange(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    req: Request<Empty<Bytes>>,
+    max_body: u64,
+) -> Exchange {
     sender.ready().await?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
-    let date = resp.headers().get(DATE).cloned();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(Answered { status, date, body })
+    let headers = resp.headers();
+    let date = headers.get(DATE).cloned();
+    let content_type = headers.get(CONTENT_TYPE).cloned();
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let answered = |body| Answered {
+        status,
+        date: date.clone(),
+        content_type: content_type.clone(),
+        body,
+    };
+    let mut capped = match Capped::new(max_body, declared) {
+        Ok(c) => c,
+        Err(too_large) => return Ok((answered(Body::TooLarge(too_large)), false)),
+    };
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        if let Err(too_large) = capped.push(data) {
+            return Ok((answered(Body::TooLarge(too_large)), false));
+        }
+    }
+    Ok((answered(Body::Whole(capped.finish())), true))
 }

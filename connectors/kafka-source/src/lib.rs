@@ -5,4 +5,6 @@
 pub mod config;
 pub mod enrich;
 mod http1;
+pub mod problems;
+pub mod redact;
 pub mod source;

@@ -8,8 +8,9 @@ use connector_common::cli::CommonArgs;
 use connector_common::telemetry::{self, Health};
 use kafka_source::config::{DEFAULT_CONFIG_PATH, SourceConfig};
 use kafka_source::enrich::Enricher;
+use kafka_source::problems::Problems;
 use kafka_source::source::{self, Stats};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// mimalloc, not glibc's malloc. With glibc, 300k events each about a different form (the cache
 /// full from 100k on, evicting) ran at 14–16k/s, 57 CPU s per 1M events, slowing down as the
@@ -34,6 +35,20 @@ fn main() {
     let args = Args::parse();
     let cfg: SourceConfig = args.common.load_config_or_exit(DEFAULT_CONFIG_PATH);
     telemetry::init_logging(args.common.log_format);
+    // Held until exit (the kernel releases its lock however the process ends).
+    let instance = match args.common.instance(&cfg.meta.name) {
+        Ok(i) => i,
+        Err(e) => {
+            error!(error = %e, "No instance id for kafka-source.");
+            std::process::exit(1);
+        }
+    };
+    info!(
+        instance_id = %instance.id,
+        slot = ?instance.slot,
+        lock = ?instance.lock_path(),
+        "Instance id."
+    );
     // Two threads, each with its own single-threaded runtime: this one runs the loop (Kafka,
     // events, output records); "enrich" runs the forms API requests, their connections and
     // the checks of their answers. No work-stealing scheduler: tasks never migrate, and the
@@ -61,7 +76,12 @@ fn main() {
             })
         })
         .expect("starting the forms API requests' thread");
-    let result = rt.block_on(run(cfg, args.common.max_records, requests_handle));
+    let result = rt.block_on(run(
+        cfg,
+        args.common.max_records,
+        requests_handle,
+        &instance.id,
+    ));
     drop(stop_requests);
     let _ = requests_thread.join();
     match result {
@@ -77,8 +97,19 @@ async fn run(
     cfg: SourceConfig,
     max_records: Option<u64>,
     requests: tokio::runtime::Handle,
+    instance_id: &str,
 ) -> anyhow::Result<()> {
-    info!(name = %cfg.meta.name, input = %cfg.kafka.topic, output = %cfg.output_topic(), api = %cfg.enrich.uri, "Starting kafka-source.");
+    info!(
+        name = %cfg.meta.name,
+        input = %cfg.kafka.topic,
+        output = %cfg.output_topic(),
+        api = %kafka_source::redact::url(&cfg.enrich.uri),
+        max_answer_bytes = cfg.max_answer_bytes(),
+        "Starting kafka-source."
+    );
+    if let Some(w) = cfg.plain_http_token_warning() {
+        warn!("{w}");
+    }
     let shutdown = connector_common::shutdown_signal();
     let handle = telemetry::install_metrics()?;
     let health = Health::default();
@@ -90,7 +121,13 @@ async fn run(
     )
     .await
     .with_context(|| format!("binding the metrics endpoint {}", cfg.metrics.address))?;
-    let enricher = Enricher::new(&cfg.enrich, health.clone(), requests)?;
+    let problems = Problems::new(health.clone());
+    let enricher = Enricher::new(
+        &cfg.enrich,
+        cfg.max_answer_bytes(),
+        problems.clone(),
+        requests,
+    )?;
     let stats = Arc::new(Stats::default());
     let progress = {
         let (stats, enricher) = (stats.clone(), enricher.clone());
@@ -98,7 +135,16 @@ async fn run(
             source::progress_line(&stats, &enricher, dt)
         })
     };
-    let result = source::run(cfg, enricher, stats, health, shutdown.clone(), max_records).await;
+    let result = source::run(
+        cfg,
+        enricher,
+        stats,
+        problems,
+        shutdown.clone(),
+        max_records,
+        instance_id,
+    )
+    .await;
     shutdown.trigger();
     progress.abort();
     result

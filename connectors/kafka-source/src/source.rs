@@ -25,6 +25,17 @@
 //! committed twice nor lost (the next owner resumes from the committed offset). The group
 //! protocol is eager (config refuses cooperative strategies), so a revoke always covers every
 //! partition and nothing needs rewinding.
+//!
+//! Identity: the producer's `transactional.id` is `{prefix}-{instance id}` and the consumer is a
+//! static member (`group.instance.id` = `{meta.name}-{instance id}`), the instance id stable
+//! across restarts (`connector_common::instance`). A restart after `kill -9` therefore fences the
+//! dead producer and aborts its open transaction in `init_transactions`, and takes the dead
+//! member's place in the group without a rebalance: output moves again within seconds, instead
+//! of after the transaction timeout and the dead member's session.
+//!
+//! Consumer errors (a broker restarting, all brokers down, a leader moving) are warnings:
+//! counted, shown in `/health` while they last, and librdkafka recovers by itself; only a fatal
+//! error ends the source (`connector_common::kafka::consumer_error_action`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -35,9 +46,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use connector_common::Shutdown;
 use connector_common::dlq::{DlqInfo, DlqReason};
-use connector_common::kafka::{CLOSE_TIMEOUT, close_consumer};
+use connector_common::kafka::{
+    CLOSE_TIMEOUT, ConsumerErrorAction, close_consumer, consumer_error_action,
+};
 use connector_common::retry::{ErrorClass, classify_kafka};
-use connector_common::telemetry::{Health, RateCounter};
+use connector_common::telemetry::RateCounter;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use metrics::{Counter, counter, gauge};
@@ -56,6 +69,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::SourceConfig;
 use crate::enrich::{Answer, Enricher, Fetched, Lookup};
+use crate::problems::{Part, Problems};
 
 /// Timeout of blocking transaction calls (commit, abort, send offsets).
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,6 +99,19 @@ const CONSUMER_FETCH_QUEUE_BACKOFF_MS: &str = "10";
 const LOOP_BATCH: usize = 64;
 /// Housekeeping period: gauges, batched counters, the pause check, the commit interval.
 const TICK: Duration = Duration::from_millis(50);
+/// Default `session.timeout.ms` (Kafka's is 45 s), for a static member: how long the group waits
+/// for an instance that stopped before handing its partitions to the others. A restarted
+/// instance (same `group.instance.id`) takes its place back at once, whatever this is, so the
+/// timeout only delays a member that never comes back (or is stopped for good: static members
+/// do not leave the group on shutdown, so a scale-down also waits this long). 30 s: the same as
+/// the default transaction timeout, after which the broker aborts a dead instance's transaction
+/// anyway; shorter risks evicting a live member on a long pause (a broker failover, a stalled
+/// host). Overridable in `kafka.properties`.
+const DEFAULT_SESSION_TIMEOUT_MS: &str = "30000";
+/// librdkafka's per-record framing counted against `message.max.bytes`
+/// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`, rdkafka_proto.h: length, attributes, timestamp and
+/// offset deltas, key and value lengths, header count, as varints at their largest).
+const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
 
 /// Counters shared with the progress line.
 #[derive(Debug, Default)]
@@ -145,17 +172,69 @@ impl Txn {
     }
 }
 
-/// The consumer context: aborts the open transaction on revoke, reports lag.
+/// The consumer context: aborts the open transaction on revoke, reports lag, clears a Kafka
+/// problem once every broker is up again.
 struct Ctx {
     txn: Arc<Txn>,
     epoch: AtomicU64,
     fatal: Mutex<Option<String>>,
     input_topic: String,
     stats: Arc<Stats>,
+    problems: Problems,
+    /// A consumer error is shown in `/health` (cleared by the next record, or once the
+    /// statistics show every broker up).
+    kafka_problem: AtomicBool,
+}
+
+impl Ctx {
+    /// Handles an error `recv()` returned: `Err` if it is fatal, else a warning that lasts until
+    /// librdkafka has recovered.
+    fn consumer_error(&self, e: &KafkaError) -> anyhow::Result<()> {
+        match consumer_error_action(e) {
+            ConsumerErrorAction::Ignore => Ok(()),
+            ConsumerErrorAction::Fatal => Err(anyhow::anyhow!("consuming: {e}")),
+            ConsumerErrorAction::Warn => {
+                let code = e
+                    .rdkafka_error_code()
+                    .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
+                counter!("kafka_source_consumer_errors_total", "code" => code).increment(1);
+                warn!(error = %e, "Kafka consumer error; librdkafka retries, consumption goes on.");
+                self.problems.set(
+                    Part::Kafka,
+                    Some(format!("Kafka consumer error: {e} (retrying)")),
+                );
+                self.kafka_problem.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Consumption works again: the Kafka problem, if any, is over.
+    fn kafka_ok(&self) {
+        if self.kafka_problem.load(Ordering::Relaxed)
+            && self.kafka_problem.swap(false, Ordering::Relaxed)
+        {
+            self.problems.set(Part::Kafka, None);
+            info!("Kafka consumer recovered.");
+        }
+    }
+}
+
+/// Whether statistics show every broker learned from the cluster connected (and at least one).
+fn brokers_up(s: &Statistics) -> bool {
+    let mut learned = s
+        .brokers
+        .values()
+        .filter(|b| b.source == "learned")
+        .peekable();
+    learned.peek().is_some() && learned.all(|b| b.state == "UP" || b.state == "UPDATE")
 }
 
 impl ClientContext for Ctx {
     fn stats(&self, s: Statistics) {
+        if self.kafka_problem.load(Ordering::Relaxed) && brokers_up(&s) {
+            self.kafka_ok();
+        }
         // Lag = last stable offset − our committed offset (the transactions commit offsets
         // through the producer, which librdkafka's own `consumer_lag` does not see; and while
         // paused it stops computing it).
@@ -293,6 +372,8 @@ struct Route {
     input_topic: String,
     /// `,"source":{"topic":<input topic as JSON>,"partition":`
     source_prefix: Arc<[u8]>,
+    /// The producer's `message.max.bytes`: a larger record is dead-lettered, never sent.
+    max_message_bytes: usize,
 }
 
 /// Metric handles used per batch.
@@ -339,14 +420,19 @@ impl Drop for ClosingConsumer {
 }
 
 /// Runs the connector until shutdown or `--max-records`.
+///
+/// `instance_id` is this instance's stable id (`connector_common::instance`): the transactional
+/// id and the static group membership derive from it.
 pub async fn run(
     cfg: SourceConfig,
     enricher: Enricher,
     stats: Arc<Stats>,
-    health: Health,
+    problems: Problems,
     shutdown: Shutdown,
     max_records: Option<u64>,
+    instance_id: &str,
 ) -> anyhow::Result<()> {
+    let health = problems.health().clone();
     let input_topic = cfg.kafka.topic.clone();
     let mut source_prefix = b",\"source\":{\"topic\":".to_vec();
     serde_json::to_writer(&mut source_prefix, &input_topic).expect("a string serializes");
@@ -357,6 +443,7 @@ pub async fn run(
         connector: cfg.meta.name.clone(),
         input_topic: input_topic.clone(),
         source_prefix: source_prefix.into(),
+        max_message_bytes: usize::try_from(cfg.message_max_bytes()).unwrap_or(usize::MAX),
     };
     let meters = Meters {
         received: counter!("kafka_source_events_received_total"),
@@ -365,17 +452,15 @@ pub async fn run(
         committed_records: counter!("kafka_source_committed_records_total"),
     };
 
-    // Producer: transactional, one id per process (EOS v2 fences zombies through the group).
+    // Producer: transactional, one id per instance, the same after a restart (so that
+    // `init_transactions` fences the dead process and aborts its transaction at once; EOS v2
+    // fences zombies of a rebalance through the group metadata).
     let prefix = cfg
         .source
         .transactional_id_prefix
         .clone()
         .unwrap_or_else(|| cfg.meta.name.clone());
-    let txn_id = format!(
-        "{prefix}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let txn_id = format!("{prefix}-{instance_id}");
     let mut pc: ClientConfig = cfg.kafka.client_config();
     pc.set("linger.ms", "5")
         .set("queue.buffering.max.messages", PRODUCER_QUEUE_MAX_MESSAGES);
@@ -408,8 +493,16 @@ pub async fn run(
         fatal: Mutex::new(None),
         input_topic: input_topic.clone(),
         stats: stats.clone(),
+        problems: problems.clone(),
+        kafka_problem: AtomicBool::new(false),
     };
     let mut cc = ClientConfig::new();
+    // Static membership: a restart takes its old place (and partitions) without a rebalance.
+    cc.set(
+        "group.instance.id",
+        format!("{}-{instance_id}", cfg.meta.name),
+    )
+    .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS);
     cc.set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
         .set("queued.min.messages", CONSUMER_QUEUED_MIN_MESSAGES)
@@ -431,7 +524,13 @@ pub async fn run(
     consumer
         .subscribe(&[&input_topic])
         .with_context(|| format!("subscribing to {input_topic}"))?;
-    info!(topic = %input_topic, group = cfg.group(), "Subscribed.");
+    info!(
+        topic = %input_topic,
+        group = cfg.group(),
+        group_instance_id = cc.get("group.instance.id").unwrap_or_default(),
+        session_timeout_ms = cc.get("session.timeout.ms").unwrap_or_default(),
+        "Subscribed."
+    );
     health.set_ready(true);
 
     let cap = cfg.enrich.concurrency;
@@ -595,7 +694,16 @@ pub async fn run(
                 let mut next = Some(m);
                 let mut taken: u64 = 0;
                 while let Some(m) = next {
-                    let m = m.context("consuming")?;
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            consumer.context().consumer_error(&e)?;
+                            break;
+                        }
+                    };
+                    if taken == 0 {
+                        consumer.context().kafka_ok();
+                    }
                     let now_epoch = consumer.context().epoch.load(Ordering::SeqCst);
                     if now_epoch != epoch {
                         inflight = InFlight::new();
@@ -780,6 +888,12 @@ fn prepare(
             }));
         }
     };
+    if let Err(detail) = crate::enrich::check_form_id(event.form_id()) {
+        return Step::Done(done(Output::Dead {
+            reason: DlqReason::InvalidFormId,
+            detail,
+        }));
+    }
     let pending = match enricher.lookup(event.form_id(), event.happened_at_micros()) {
         Lookup::Ready(fetched) => {
             return Step::Done(done(build_output(
@@ -790,9 +904,10 @@ fn prepare(
     };
     let (key, payload, headers) = original();
     let source_prefix = route.source_prefix.clone();
+    let max = route.max_message_bytes;
     Step::Wait(Box::pin(async move {
         let fetched = pending.answer().await;
-        let output = build_output_with(&event, &fetched, &source_prefix, partition, offset);
+        let output = build_output_with(&event, &fetched, &source_prefix, partition, offset, max);
         let dead = matches!(output, Output::Dead { .. });
         Processed {
             epoch,
@@ -813,16 +928,25 @@ fn build_output(
     partition: i32,
     offset: i64,
 ) -> Output {
-    build_output_with(event, fetched, &route.source_prefix, partition, offset)
+    build_output_with(
+        event,
+        fetched,
+        &route.source_prefix,
+        partition,
+        offset,
+        route.max_message_bytes,
+    )
 }
 
-/// The `form.enriched` record (docs/internals.md), or the DLQ verdict.
+/// The `form.enriched` record (docs/internals.md), or the DLQ verdict; a record larger than
+/// `max_message_bytes` (as librdkafka counts it) is a dead letter, not a send that fails.
 fn build_output_with(
     event: &form_model::Event,
     fetched: &Fetched,
     source_prefix: &[u8],
     partition: i32,
     offset: i64,
+    max_message_bytes: usize,
 ) -> Output {
     let form: &[u8] = match &fetched.answer {
         Answer::Form(f) => f,
@@ -843,6 +967,12 @@ fn build_output_with(
                 detail: d.clone(),
             };
         }
+        Answer::TooLarge(d) => {
+            return Output::Dead {
+                reason: DlqReason::AnswerTooLarge,
+                detail: d.clone(),
+            };
+        }
     };
     let mut v = Vec::with_capacity(256 + form.len());
     v.extend_from_slice(b"{\"event\":");
@@ -857,10 +987,43 @@ fn build_output_with(
     v.extend_from_slice(b",\"offset\":");
     form_model::write_i64(&mut v, offset);
     v.extend_from_slice(b"}}");
+    let key = event.form_id();
+    let size = RECORD_OVERHEAD + key.len() + v.len();
+    if size > max_message_bytes {
+        return Output::Dead {
+            reason: DlqReason::RecordTooLarge,
+            detail: format!(
+                "the enriched record for form `{key}` would be {size} bytes (form {} bytes), over the producer's `message.max.bytes` ({max_message_bytes} bytes)",
+                form.len()
+            ),
+        };
+    }
     Output::Enriched {
-        key: event.form_id().to_owned(),
+        key: key.to_owned(),
         value: v,
     }
+}
+
+/// The bytes librdkafka counts for `headers` (`rd_kafka_headers_serialized_size`: each name and
+/// value with their lengths as zig-zag varints).
+fn headers_size(headers: &OwnedHeaders) -> usize {
+    use rdkafka::message::Headers;
+    fn varint(n: usize) -> usize {
+        let mut z = (n as u64) << 1; // zig-zag of a non-negative number
+        let mut len = 1;
+        while z >= 0x80 {
+            z >>= 7;
+            len += 1;
+        }
+        len
+    }
+    headers
+        .iter()
+        .map(|h| {
+            let v = h.value.map_or(0, <[u8]>::len);
+            h.key.len() + v + varint(h.key.len()) + varint(v)
+        })
+        .sum()
 }
 
 /// Produces `p` into the open transaction (beginning one if none is open).
@@ -878,30 +1041,29 @@ async fn produce(
         txn.open.store(true, Ordering::SeqCst);
         pending.since = Some(Instant::now());
     }
-    let (topic, key, value, headers): (&str, &[u8], &[u8], Option<OwnedHeaders>) = match &p.output {
-        Output::Enriched { key, value } => (&route.output_topic, key.as_bytes(), value, None),
+    // Key and value as they were (a null key or a tombstone's null value stays null).
+    type Parts<'a> = (
+        &'a str,
+        Option<&'a [u8]>,
+        Option<&'a [u8]>,
+        Option<OwnedHeaders>,
+    );
+    let (topic, key, value, headers): Parts<'_> = match &p.output {
+        Output::Enriched { key, value } => {
+            (&route.output_topic, Some(key.as_bytes()), Some(value), None)
+        }
         Output::Dead { reason, detail } => {
-            let info = DlqInfo {
-                reason: *reason,
-                detail: detail.clone(),
-                connector: route.connector.clone(),
-                topic: route.input_topic.clone(),
-                partition: p.partition,
-                offset: p.offset,
-            };
-            let h = info.headers(p.headers.as_ref());
-            (
-                &route.dlq_topic,
-                p.key.as_deref().unwrap_or_default(),
-                p.payload.as_deref().unwrap_or_default(),
-                Some(h),
-            )
+            let (value, headers) = dead_letter(&p, *reason, detail, route);
+            (&route.dlq_topic, p.key.as_deref(), value, Some(headers))
         }
     };
     loop {
-        let mut rec = BaseRecord::to(topic).payload(value);
-        if !key.is_empty() || matches!(p.output, Output::Enriched { .. }) || p.key.is_some() {
-            rec = rec.key(key);
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        if let Some(k) = key {
+            rec = rec.key(k);
         }
         if let Some(h) = headers.clone() {
             rec = rec.headers(h);
@@ -924,6 +1086,44 @@ async fn produce(
         Output::Dead { reason, .. } => *pending.dead.entry(reason).or_default() += 1,
     }
     Ok(())
+}
+
+/// The DLQ record's value and headers for `p`: its original value, unless the letter would then
+/// be over `message.max.bytes` (an input record near the broker's limit plus our headers): the
+/// value is then left out, and the detail says so (then the original headers too, if needed).
+fn dead_letter<'a>(
+    p: &'a Processed,
+    reason: DlqReason,
+    detail: &str,
+    route: &Route,
+) -> (Option<&'a [u8]>, OwnedHeaders) {
+    let info = |detail: String| DlqInfo {
+        reason,
+        detail,
+        connector: route.connector.clone(),
+        topic: route.input_topic.clone(),
+        partition: p.partition,
+        offset: p.offset,
+    };
+    let key = p.key.as_ref().map_or(0, Vec::len);
+    let fits = |value: usize, h: &OwnedHeaders| {
+        RECORD_OVERHEAD + key + value + headers_size(h) <= route.max_message_bytes
+    };
+    let value_len = p.payload.as_ref().map_or(0, Vec::len);
+    let headers = info(detail.to_owned()).headers(p.headers.as_ref());
+    if fits(value_len, &headers) {
+        return (p.payload.as_deref(), headers);
+    }
+    let detail = format!(
+        "{detail} (the original value, {value_len} bytes, is left out: with it the letter would be over the producer's `message.max.bytes`, {} bytes)",
+        route.max_message_bytes
+    );
+    let headers = info(detail.clone()).headers(p.headers.as_ref());
+    if fits(0, &headers) {
+        return (None, headers);
+    }
+    let detail = format!("{detail}; so are its original headers");
+    (None, info(detail).headers(None::<&OwnedHeaders>))
 }
 
 /// Starts committing the open transaction (its offsets, then the commit) on a blocking
@@ -1022,11 +1222,27 @@ fn retrying(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaEr
     }
 }
 
-/// Seeks every assigned partition back to its committed offset.
+/// How long a rewind keeps trying to read the committed offsets (a broker restarting) before
+/// the source gives up (and exits: going on from the current positions would skip the records
+/// of the aborted transaction).
+const REWIND_FOR: Duration = Duration::from_secs(120);
+
+/// Seeks every assigned partition back to its committed offset, retrying while the group
+/// coordinator is away.
 fn rewind(consumer: &StreamConsumer<Ctx>) -> anyhow::Result<()> {
-    let committed = consumer
-        .committed(TXN_CALL_TIMEOUT)
-        .context("reading committed offsets")?;
+    let started = Instant::now();
+    let mut attempt = 0;
+    let committed = loop {
+        match consumer.committed(TXN_CALL_TIMEOUT) {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() < REWIND_FOR => {
+                attempt += 1;
+                warn!(error = %e, attempt, "Reading the committed offsets to rewind failed; retrying.");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e).context("reading committed offsets"),
+        }
+    };
     let mut tpl = TopicPartitionList::new();
     for e in committed.elements() {
         let o = match e.offset() {

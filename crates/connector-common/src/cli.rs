@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConnectorConfig};
+use crate::instance::{self, Instance, InstanceError};
 use crate::secret::SecretStore;
 use crate::telemetry::LogFormat;
 
-/// `--config`, `--secrets`, `--check-config`, `--max-records`, `--log-format`.
+/// `--config`, `--secrets`, `--check-config`, `--max-records`, `--log-format`, `--instance-id`,
+/// `--state-dir`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// Connector YAML file (default: the connector's file under `config/`).
@@ -24,12 +26,32 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// This instance's stable id (e.g. a Kubernetes pod name): its Kafka transactional id and
+    /// static group membership derive from it, so a restart fences its dead predecessor at once.
+    /// Must differ between running instances. Default: `{hostname}-{n}`, `n` the first free
+    /// slot under `--state-dir`.
+    #[arg(long, env = "FORM_ETL_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Directory of the instance lock files (`{name}.instance-{n}.lock`), created if missing.
+    #[arg(
+        long,
+        env = "FORM_ETL_STATE_DIR",
+        value_name = "DIR",
+        default_value = instance::DEFAULT_STATE_DIR
+    )]
+    pub state_dir: PathBuf,
 }
 
 impl CommonArgs {
     /// The config path: `--config`, else `default`.
     pub fn config_path<'a>(&'a self, default: &'a str) -> &'a Path {
         self.config.as_deref().unwrap_or(Path::new(default))
+    }
+
+    /// This instance's id for the connector named `connector_name` (its `meta.name`): see
+    /// [`Instance::acquire`]. Keep the result until exit (it holds the slot's lock).
+    pub fn instance(&self, connector_name: &str) -> Result<Instance, InstanceError> {
+        Instance::acquire(&self.state_dir, connector_name, self.instance_id.as_deref())
     }
 
     /// Loads secrets and the config. With `--check-config`, prints the verdict and exits
@@ -60,5 +82,41 @@ impl CommonArgs {
                 std::process::exit(2);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn instance_flags_and_their_defaults() {
+        let c = Cli::try_parse_from(["x"]).unwrap().common;
+        if std::env::var_os("FORM_ETL_STATE_DIR").is_none() {
+            assert_eq!(c.state_dir, Path::new(instance::DEFAULT_STATE_DIR));
+        }
+        if std::env::var_os("FORM_ETL_INSTANCE_ID").is_none() {
+            assert_eq!(c.instance_id, None);
+        }
+        let c = Cli::try_parse_from(["x", "--instance-id", "pod-3", "--state-dir", "/tmp/s"])
+            .unwrap()
+            .common;
+        assert_eq!(c.instance_id.as_deref(), Some("pod-3"));
+        assert_eq!(c.state_dir, Path::new("/tmp/s"));
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cli::try_parse_from(["x", "--state-dir", dir.path().to_str().unwrap()])
+            .unwrap()
+            .common;
+        let i = c.instance("src").unwrap();
+        assert!(i.id.ends_with("-0"), "{}", i.id);
+        assert_eq!(i.slot, Some(0));
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
@@ -29,7 +30,7 @@ pub struct KafkaConfig {
 /// Property keys whose values are never printed.
 fn is_sensitive(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "key", "token", "jaas"]
+    ["password", "secret", "key", "token", "jaas", "oauthbearer"]
         .iter()
         .any(|w| k.contains(w))
 }
@@ -124,9 +125,79 @@ pub fn close_consumer<C: Send + 'static>(consumer: C, timeout: std::time::Durati
     }
 }
 
+/// What a consumer does with an error its `recv()`/`poll()` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerErrorAction {
+    /// Not a failure: the end of a partition (only with `enable.partition.eof`).
+    Ignore,
+    /// librdkafka recovers by itself (a broker down or restarting, a transport failure, all
+    /// brokers down, a leader change, a missing topic…): log it, count it, flag health while it
+    /// lasts, and keep polling.
+    Warn,
+    /// The client instance is unusable (librdkafka raised a fatal error, e.g. a fenced
+    /// `group.instance.id`): exit, and let the supervisor restart the process.
+    Fatal,
+}
+
+/// Classifies an error returned by a consumer's `recv()`/`poll()`. rust-rdkafka 0.39 returns
+/// three kinds there (`BaseConsumer::handle_error_event`, `BorrowedMessage::from_client`):
+/// `PartitionEOF`, `MessageConsumption(code)` (librdkafka's error events: broker, transport,
+/// topic errors, all retried inside librdkafka) and `MessageConsumptionFatal(code)` (the event
+/// is fatal: `rd_kafka_event_error_is_fatal`). Only the fatal ones end the consumer; any other
+/// kind of error (not returned by `recv`) is fatal only if librdkafka says so.
+pub fn consumer_error_action(err: &KafkaError) -> ConsumerErrorAction {
+    match err {
+        KafkaError::PartitionEOF(_) => ConsumerErrorAction::Ignore,
+        KafkaError::MessageConsumptionFatal(_) => ConsumerErrorAction::Fatal,
+        KafkaError::Transaction(e) if e.is_fatal() => ConsumerErrorAction::Fatal,
+        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) | KafkaError::Canceled => {
+            ConsumerErrorAction::Fatal
+        }
+        e if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => ConsumerErrorAction::Fatal,
+        _ => ConsumerErrorAction::Warn,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_errors_are_warnings_unless_fatal() {
+        use ConsumerErrorAction::*;
+        use KafkaError::{MessageConsumption, MessageConsumptionFatal, PartitionEOF};
+        use RDKafkaErrorCode as C;
+        let cases = [
+            (PartitionEOF(2), Ignore),
+            // What a broker restart produces (broker.c: transport failures, then all brokers
+            // down), and what follows it while the cluster settles.
+            (MessageConsumption(C::BrokerTransportFailure), Warn),
+            (MessageConsumption(C::AllBrokersDown), Warn),
+            (MessageConsumption(C::Resolve), Warn),
+            (MessageConsumption(C::NetworkException), Warn),
+            (MessageConsumption(C::NotLeaderForPartition), Warn),
+            (MessageConsumption(C::LeaderNotAvailable), Warn),
+            (MessageConsumption(C::CoordinatorNotAvailable), Warn),
+            (MessageConsumption(C::NotCoordinator), Warn),
+            (MessageConsumption(C::RequestTimedOut), Warn),
+            (MessageConsumption(C::UnknownTopicOrPartition), Warn),
+            (MessageConsumption(C::TopicAuthorizationFailed), Warn),
+            (MessageConsumption(C::OffsetOutOfRange), Warn),
+            (MessageConsumption(C::MessageTimedOut), Warn),
+            (MessageConsumption(C::Fatal), Fatal),
+            (MessageConsumptionFatal(C::FencedInstanceId), Fatal),
+            (MessageConsumptionFatal(C::BrokerTransportFailure), Fatal),
+            (MessageConsumptionFatal(C::Fail), Fatal),
+            (KafkaError::ClientCreation("x".into()), Fatal),
+            (KafkaError::Canceled, Fatal),
+            (KafkaError::Global(C::AllBrokersDown), Warn),
+            (KafkaError::Global(C::Fatal), Fatal),
+            (KafkaError::NoMessageReceived, Warn),
+        ];
+        for (err, want) in cases {
+            assert_eq!(consumer_error_action(&err), want, "{err:?}");
+        }
+    }
 
     #[test]
     fn debug_redacts_sensitive_properties() {

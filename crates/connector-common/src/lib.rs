@@ -5,6 +5,7 @@ pub mod config;
 pub mod dlq;
 pub mod duration;
 pub mod eos;
+pub mod instance;
 pub mod kafka;
 pub mod redrive;
 pub mod retry;

@@ -21,11 +21,17 @@ pub enum DlqReason {
     SchemaMismatch,
     /// A SmartModule refused the record.
     TransformError,
+    /// The API's answer is longer than the connector takes (`enrich.max-answer-bytes`).
+    AnswerTooLarge,
+    /// The output record is larger than the producer may send (`message.max.bytes`).
+    RecordTooLarge,
+    /// The form id cannot be requested as a path segment (`.` or `..`).
+    InvalidFormId,
 }
 
 impl DlqReason {
     /// Every reason, for metrics initialisation and header parsing.
-    pub const ALL: [DlqReason; 8] = [
+    pub const ALL: [DlqReason; 11] = [
         Self::InvalidJson,
         Self::MissingField,
         Self::WrongType,
@@ -34,6 +40,9 @@ impl DlqReason {
         Self::InvalidApiResponse,
         Self::SchemaMismatch,
         Self::TransformError,
+        Self::AnswerTooLarge,
+        Self::RecordTooLarge,
+        Self::InvalidFormId,
     ];
 
     /// Parses a `dlq.reason` header value.
@@ -52,6 +61,9 @@ impl DlqReason {
             Self::InvalidApiResponse => "invalid_api_response",
             Self::SchemaMismatch => "schema_mismatch",
             Self::TransformError => "transform_error",
+            Self::AnswerTooLarge => "answer_too_large",
+            Self::RecordTooLarge => "record_too_large",
+            Self::InvalidFormId => "invalid_form_id",
         }
     }
 }

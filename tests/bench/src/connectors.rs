@@ -240,7 +240,7 @@ mod tests {
         let t = dir.join("t.yaml");
         std::fs::write(
             &t,
-            "apiVersion: 0.2.0\nmeta:\n  name: form-s3-sink\n  topic: form.enriched\n  secrets:\n    - name: S3_ACCESS_KEY_ID\n\
+            "apiVersion: 0.2.0\nmeta:\n  name: form-s3-sink\n  topic:\n    meta:\n      name: form.enriched\n  secrets:\n    - name: S3_ACCESS_KEY_ID\n\
              kafka:\n  brokers: 127.0.0.1:9092\n  topic: form.enriched\n  group: form-s3-sink\ndlq:\n  topic: form.events.dlq\n\
              metrics:\n  address: 127.0.0.1:9465\n  progress-interval: 10s\ns3:\n  prefix: form-etl\n  bucket: output\n\
              enrich:\n  uri: http://127.0.0.1:8000\n",
@@ -272,7 +272,7 @@ mod tests {
         .unwrap();
         let v: Value = serde_yaml::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         assert_eq!(v["meta"]["name"], "n");
-        assert_eq!(v["meta"]["topic"], "en");
+        assert_eq!(v["meta"]["topic"]["meta"]["name"], "en");
         assert_eq!(v["kafka"]["topic"], "en");
         assert_eq!(v["kafka"]["group"], "g");
         assert_eq!(v["kafka"]["brokers"], "b:1");

@@ -157,6 +157,8 @@ async fn get_form(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -
     };
     let resp = if status != StatusCode::OK {
         error_response(status, "injected fault")
+    } else if let Some(resp) = faults::special_answer(&faults, &id) {
+        resp
     } else if let Some(body) = state.forms.get(&id) {
         json_response(StatusCode::OK, body)
     } else {

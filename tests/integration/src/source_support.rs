@@ -52,6 +52,10 @@ pub struct SourceOptions {
     pub timeout: &'static str,
     /// `enrich.cache.ttl`.
     pub cache_ttl: &'static str,
+    /// `source.transaction-timeout`.
+    pub transaction_timeout: &'static str,
+    /// `kafka.bootstrap` override (a private broker), else [`crate::kafka_bootstrap`].
+    pub brokers: Option<String>,
 }
 
 impl SourceOptions {
@@ -62,8 +66,15 @@ impl SourceOptions {
             concurrency: 256,
             timeout: "1s",
             cache_ttl: "5m",
+            transaction_timeout: "10s",
+            brokers: None,
         }
     }
+}
+
+/// Where the sources of the tests keep their instance locks (`--state-dir`).
+pub fn test_state_dir() -> PathBuf {
+    workspace_root().join("target/test-logs/state")
 }
 
 /// A running kafka-source.
@@ -75,6 +86,8 @@ pub struct Source {
     pub metrics_url: String,
     /// The config file written for it.
     pub config: PathBuf,
+    /// The arguments it was started with (for [`Source::start_again`]).
+    args: Vec<String>,
 }
 
 /// Writes a config for `topics` and starts `target/release/kafka-source` with it (plus a
@@ -97,7 +110,9 @@ meta:
   version: 0.1.0
   name: {name}
   type: kafka-source
-  topic: {output}
+  topic:
+    meta:
+      name: {output}
   secrets:
     - name: FORMS_API_TOKEN
 kafka:
@@ -126,14 +141,15 @@ enrich:
 source:
   commit-max-records: 2000
   commit-interval: 100ms
-  transaction-timeout: 10s
+  transaction-timeout: {txn_timeout}
   drain-timeout: 10s
 "#,
         output = topics.output,
         input = topics.input,
         group = topics.group,
         dlq = topics.dlq,
-        brokers = crate::kafka_bootstrap(),
+        brokers = opts.brokers.clone().unwrap_or_else(crate::kafka_bootstrap),
+        txn_timeout = opts.transaction_timeout,
         api = opts.api,
         timeout = opts.timeout,
         concurrency = opts.concurrency,
@@ -144,15 +160,103 @@ source:
     let sec = secrets.to_string_lossy().into_owned();
     let mut args = vec!["--config", &cfg, "--secrets", &sec];
     args.extend_from_slice(extra);
-    let process = ChildProcess::spawn_release("kafka-source", &args, &[("RUST_LOG", "info")])?;
+    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    let process = spawn_source(&args)?;
     Ok(Source {
         process,
         metrics_url: format!("http://127.0.0.1:{port}"),
         config,
+        args,
+    })
+}
+
+fn spawn_source(args: &[String]) -> anyhow::Result<ChildProcess> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let state = test_state_dir().to_string_lossy().into_owned();
+    ChildProcess::spawn_release(
+        "kafka-source",
+        &args,
+        &[("RUST_LOG", "info"), ("FORM_ETL_STATE_DIR", &state)],
+    )
+}
+
+/// Starts `target/release/kafka-source` with the config file `config` as it is (the shipped
+/// one, or a copy of it), its metrics at `metrics_url`, plus `extra` flags.
+pub fn start_source_with_config(
+    config: &std::path::Path,
+    metrics_url: &str,
+    extra: &[&str],
+) -> anyhow::Result<Source> {
+    let mut args = vec!["--config".to_owned(), config.to_string_lossy().into_owned()];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Ok(Source {
+        process: spawn_source(&args)?,
+        metrics_url: metrics_url.to_owned(),
+        config: config.to_owned(),
+        args,
     })
 }
 
 impl Source {
+    /// Starts the same connector again: same config file (so the same name, the same instance
+    /// slot once this one is gone, the same metrics port) and flags.
+    pub fn start_again(&self) -> anyhow::Result<Source> {
+        Ok(Source {
+            process: spawn_source(&self.args)?,
+            metrics_url: self.metrics_url.clone(),
+            config: self.config.clone(),
+            args: self.args.clone(),
+        })
+    }
+
+    /// `GET /health`: status code and body (`None` if unreachable).
+    pub async fn health(&self) -> Option<(u16, String)> {
+        let r = http_client()
+            .get(format!("{}/health", self.metrics_url))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.text().await.ok()?))
+    }
+
+    /// Peak resident memory so far (`VmHWM` of `/proc/{pid}/status`), in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let pid = self.process.id().context("the source has exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/{pid}/status")
+    }
+
+    /// The first `key=value` field of the log line holding `message` (e.g. the transactional id
+    /// of "Transactions initialised."), waiting at most `timeout` for it.
+    pub async fn log_field(
+        &self,
+        message: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let path = self.process.log_path().to_owned();
+        wait_for(
+            timeout,
+            &format!("`{message}` with {key}= in the log"),
+            || {
+                let text = strip_ansi(&std::fs::read_to_string(&path).unwrap_or_default());
+                let found = text.lines().filter(|l| l.contains(message)).find_map(|l| {
+                    let at = l.find(&format!("{key}="))? + key.len() + 1;
+                    let v = l[at..].split_whitespace().next()?;
+                    Some(v.trim_matches('"').to_owned())
+                });
+                async move { found }
+            },
+        )
+        .await
+    }
+
     /// The sum of every series of `metric` in `/metrics` (`None` if unreachable).
     pub async fn metric(&self, metric: &str) -> Option<f64> {
         let text = http_client()
@@ -207,6 +311,24 @@ impl Source {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`), as a terminal would show it.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Sum of every sample of `metric` (any labels) in Prometheus text.
@@ -290,6 +412,74 @@ pub fn assert_exactly_once(
         expected.len()
     );
     Ok(())
+}
+
+/// Reads everything `topic` of the broker at `bootstrap` holds now (read_committed, from the
+/// beginning, `partitions` partitions) until each partition's position reaches its high
+/// watermark as of the start; fails after `timeout`. For private brokers (the helpers of
+/// `lib.rs` read the shared one).
+pub async fn consume_to_end_at(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: StreamConsumer = crate::base_config(bootstrap)
+        .set("group.id", unique_name("consume-at"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        ends.push(c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out: Vec<Received> = Vec::new();
+    loop {
+        let position = c.position()?;
+        let done = (0..partitions).all(|p| {
+            let end = ends[p as usize];
+            end == 0
+                || matches!(position.find_partition(topic, p).map(|e| e.offset()),
+                    Some(Offset::Offset(o)) if o >= end)
+                || out.iter().any(|r| r.partition == p && r.offset + 1 >= end)
+        });
+        if done {
+            break;
+        }
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+            let m = m?;
+            out.push(Received {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "reading {topic} at {bootstrap} to its end ({ends:?}) took more than {timeout:?}; read {}",
+                out.len()
+            );
+        }
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
 }
 
 /// A valid event for `form_id`.
