@@ -14,19 +14,12 @@ use std::sync::Arc;
 
 use apache_avro::{Codec, Writer, types::Value};
 use form_model::avro::TableSchema;
+
+use crate::format::{FileFormat, FileWriter, FinishedFile, FormatError};
 use form_model::avro_encode::put_long;
 
 /// Avro block size in bytes before compression (apache-avro's default is 16000).
 pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
-
-/// Errors of the encoder (all are bugs or schema trouble: not retried).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum EncodeError {
-    #[error("encoding an Avro block: {0}")]
-    Avro(#[from] apache_avro::Error),
-    #[error("zstd-compressing an Avro block: {0}")]
-    Zstd(#[from] std::io::Error),
-}
 
 thread_local! {
     /// One zstd context per thread and level, reused for every block: apache-avro's codec
@@ -36,7 +29,7 @@ thread_local! {
 
 /// Compresses one block's datums in place, as `codec` does (same format: one zstd frame, no
 /// checksum; the other codecs are apache-avro's own).
-fn compress(codec: Codec, data: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn compress(codec: Codec, data: &mut Vec<u8>) -> Result<(), FormatError> {
     let Codec::Zstandard(settings) = codec else {
         codec.compress(data)?;
         return Ok(());
@@ -78,13 +71,6 @@ impl std::fmt::Debug for FileEncoder {
     }
 }
 
-/// A closed file, ready to upload: `head` (header + first blocks) then `tail`.
-#[derive(Debug)]
-pub(crate) struct FinishedFile {
-    pub(crate) head: Vec<u8>,
-    pub(crate) tail: Vec<u8>,
-}
-
 impl FileEncoder {
     pub(crate) fn new(schema: Arc<TableSchema>, codec: Codec, part_size: usize) -> Self {
         // The sync marker is random, like every Avro writer's: keys and rows are what a replay
@@ -107,7 +93,7 @@ impl FileEncoder {
     /// Appends one row: its Avro datum, already encoded and checked against the schema
     /// (form-model's `avro_encode`). Blocks close at [`BLOCK_SIZE`] uncompressed bytes, so
     /// the block boundaries, like the rows, are a function of the rows appended.
-    pub(crate) fn append(&mut self, datum: &[u8]) -> Result<(), EncodeError> {
+    fn append_datum(&mut self, datum: &[u8]) -> Result<(), FormatError> {
         self.block.extend_from_slice(datum);
         self.block_rows += 1;
         self.rows += 1;
@@ -118,7 +104,7 @@ impl FileEncoder {
     }
 
     /// Writes the pending block: row count, compressed size, compressed datums, sync marker.
-    fn flush_block(&mut self) -> Result<(), EncodeError> {
+    fn flush_block(&mut self) -> Result<(), FormatError> {
         if self.block_rows == 0 {
             return Ok(());
         }
@@ -179,10 +165,7 @@ impl FileEncoder {
     }
 
     /// Closes the file: flushes the last block and puts the header (with `metadata`) in front.
-    pub(crate) fn finish(
-        mut self,
-        metadata: &[(String, String)],
-    ) -> Result<FinishedFile, EncodeError> {
+    fn finish_file(mut self, metadata: &[(String, String)]) -> Result<FinishedFile, FormatError> {
         self.flush_block()?;
         let mut user_metadata = HashMap::new();
         for (k, v) in metadata {
@@ -205,6 +188,48 @@ impl FileEncoder {
             head,
             tail: self.tail,
         })
+    }
+}
+
+/// Avro object container files, with `codec` (`s3.codec`, `s3.zstd-level`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AvroFormat {
+    pub(crate) codec: Codec,
+}
+
+impl FileFormat for AvroFormat {
+    fn open(&self, schema: Arc<TableSchema>, part_size: usize) -> Box<dyn FileWriter> {
+        Box::new(FileEncoder::new(schema, self.codec, part_size))
+    }
+
+    fn extension(&self) -> &'static str {
+        "avro"
+    }
+}
+
+impl FileWriter for FileEncoder {
+    fn append(&mut self, datum: &[u8]) -> Result<(), FormatError> {
+        self.append_datum(datum)
+    }
+
+    fn rows(&self) -> u64 {
+        FileEncoder::rows(self)
+    }
+
+    fn encoded_bytes(&self) -> u64 {
+        FileEncoder::encoded_bytes(self)
+    }
+
+    fn buffered(&self) -> usize {
+        FileEncoder::buffered(self)
+    }
+
+    fn take_part(&mut self) -> Option<Vec<u8>> {
+        FileEncoder::take_part(self)
+    }
+
+    fn finish(self: Box<Self>, metadata: &[(String, String)]) -> Result<FinishedFile, FormatError> {
+        (*self).finish_file(metadata)
     }
 }
 
@@ -264,7 +289,7 @@ mod tests {
             let mut enc = FileEncoder::new(table_schema(), codec, 100_000);
             let mut parts = Vec::new();
             for i in 0..50_000 {
-                enc.append(&datum(i)).unwrap();
+                enc.append_datum(&datum(i)).unwrap();
                 if let Some(p) = enc.take_part() {
                     assert!(p.len() >= 100_000);
                     parts.push(p);
@@ -272,7 +297,7 @@ mod tests {
             }
             let meta = vec![("form_etl.source.topic".to_owned(), "t".to_owned())];
             assert_eq!(enc.rows(), 50_000);
-            let f = enc.finish(&meta).unwrap();
+            let f = enc.finish_file(&meta).unwrap();
             let mut file = f.head;
             for p in &parts {
                 file.extend_from_slice(p);
@@ -292,7 +317,7 @@ mod tests {
         let run = || {
             let mut enc = FileEncoder::new(table_schema(), Codec::Snappy, 1 << 20);
             for i in 0..10_000 {
-                enc.append(&datum(i)).unwrap();
+                enc.append_datum(&datum(i)).unwrap();
             }
             enc.encoded_bytes()
         };
@@ -304,7 +329,7 @@ mod tests {
     fn empty_tail_small_file() {
         let mut enc = FileEncoder::new(table_schema(), Codec::Null, 1 << 20);
         enc.append(&datum(1)).unwrap();
-        let f = enc.finish(&[]).unwrap();
+        let f = enc.finish_file(&[]).unwrap();
         let (rows, _) = read_all(&[f.head, f.tail].concat());
         assert_eq!(rows, vec![row(1)]);
     }

@@ -59,6 +59,8 @@ pub(crate) struct Manager {
     tracker: Tracker,
     topic: String,
     prefix: String,
+    /// The files' extension (their format's).
+    ext: &'static str,
     files: HashMap<u64, FileTrack>,
     pub(crate) done_rx: mpsc::UnboundedReceiver<FileDone>,
     next_delete_id: u64,
@@ -87,6 +89,7 @@ impl Manager {
         committer: Arc<KafkaCommitter>,
         topic: String,
         prefix: String,
+        ext: &'static str,
     ) -> Self {
         Self {
             ctx,
@@ -94,6 +97,7 @@ impl Manager {
             tracker: Tracker::default(),
             topic,
             prefix,
+            ext,
             files: HashMap::new(),
             done_rx,
             next_delete_id: FIRST_DELETE_ID,
@@ -272,6 +276,7 @@ impl Manager {
                 &self.topic,
                 partition,
                 start,
+                self.ext,
             );
             let track = self.file(FileId {
                 id,

@@ -45,6 +45,9 @@ pub(crate) struct SinkConfig {
     /// How the tables' schemas follow the data.
     #[serde(default)]
     pub(crate) schema: SchemaConfig,
+    /// What is written: files (`type: files`, `format: avro | parquet`, the default Avro).
+    #[serde(default)]
+    pub(crate) output: OutputConfig,
     /// The SmartModule chain (`uses`: a name looked up as `<name>.wasm` in
     /// `$FORM_ETL_SMARTMODULE_DIR` then `target/wasm32-unknown-unknown/release/`, or a path
     /// ending in `.wasm`; `with`: init parameters), run in-process by form-transforms. The
@@ -104,6 +107,51 @@ impl SinkConfig {
             .get("group.instance.id")
             .cloned()
             .unwrap_or_else(|| format!("{}-{instance}", self.meta.name))
+    }
+}
+
+/// The `output:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) enum OutputConfig {
+    /// Files under `s3.prefix`, made visible and committed with the consumer group's offsets
+    /// (`seal.rs`).
+    Files {
+        /// `avro` (object container files, `s3.codec`) or `parquet` (zstd, `s3.zstd-level`).
+        #[serde(default)]
+        format: FormatName,
+    },
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self::Files {
+            format: FormatName::Avro,
+        }
+    }
+}
+
+/// A file format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FormatName {
+    #[default]
+    Avro,
+    Parquet,
+}
+
+impl SinkConfig {
+    /// The files' format.
+    pub(crate) fn file_format(&self) -> std::sync::Arc<dyn crate::format::FileFormat> {
+        let OutputConfig::Files { format } = &self.output;
+        match format {
+            FormatName::Avro => std::sync::Arc::new(crate::avro::AvroFormat {
+                codec: self.s3.codec.codec(self.s3.zstd_level),
+            }),
+            FormatName::Parquet => std::sync::Arc::new(crate::parquet_file::ParquetFormat {
+                zstd_level: i32::from(self.s3.zstd_level.0),
+            }),
+        }
     }
 }
 
@@ -574,6 +622,30 @@ s3:
         assert_eq!(
             e,
             "s.yaml: `transforms`: must list at least one SmartModule, e.g. `- uses: form-flatten`"
+        );
+    }
+
+    #[test]
+    fn output_and_schema_sections() {
+        let parse = |extra: &str| {
+            load_str::<SinkConfig>(
+                &format!("{BASE}{extra}"),
+                Path::new("s.yaml"),
+                &SecretStore::from_pairs([]),
+            )
+        };
+        let c = parse("output: {type: files, format: parquet}\nschema: {mode: strict, on-type-conflict: widen}\n").unwrap();
+        assert_eq!(c.file_format().extension(), "parquet");
+        assert_eq!(c.schema.mode, SchemaMode::Strict);
+        assert_eq!(parse("").unwrap().file_format().extension(), "avro");
+        let e = parse("output: {type: files, format: orc}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `orc`"), "{e}");
+        let e = parse("schema: {max-columns: 3}\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("s.yaml: `schema.max-columns`: must be at least"),
+            "{e}"
         );
     }
 

@@ -1,4 +1,5 @@
-//! Object keys: `{prefix}/{table}/event_date=YYYY-MM-DD/{topic}+{partition}+{first_offset:020}.avro`.
+//! Object keys: `{prefix}/{table}/event_date=YYYY-MM-DD/{topic}+{partition}+{first_offset:020}.{ext}`
+//! (`ext` is the format's: `avro`, `parquet`).
 //!
 //! `first_offset` is the partition-wide offset at which the file's segment starts: every file of
 //! one segment (both tables, every event date) carries the same boundary, and a replay of the
@@ -12,10 +13,11 @@ pub(crate) fn object_key(
     topic: &str,
     partition: i32,
     first_offset: i64,
+    ext: &str,
 ) -> String {
     let prefix = prefix.trim_matches('/');
     let name =
-        format!("{table}/event_date={event_date}/{topic}+{partition}+{first_offset:020}.avro");
+        format!("{table}/event_date={event_date}/{topic}+{partition}+{first_offset:020}.{ext}");
     if prefix.is_empty() {
         name
     } else {
@@ -36,7 +38,10 @@ pub(crate) struct ParsedKey {
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn parse_key(key: &str) -> Option<ParsedKey> {
     let mut parts = key.rsplit('/');
-    let file = parts.next()?.strip_suffix(".avro")?;
+    let file = parts.next()?;
+    let file = file
+        .strip_suffix(".avro")
+        .or_else(|| file.strip_suffix(".parquet"))?;
     let date = parts.next()?.strip_prefix("event_date=")?;
     let table = parts.next()?.to_owned();
     let mut f = file.rsplitn(3, '+');
@@ -59,14 +64,14 @@ mod tests {
     #[test]
     fn layout() {
         let d = "2022-10-02";
-        let k = object_key("form-etl/", "form_field", d, "form.enriched", 2, 42);
+        let k = object_key("form-etl/", "form_field", d, "form.enriched", 2, 42, "avro");
         assert_eq!(
             k,
             "form-etl/form_field/event_date=2022-10-02/form.enriched+2+00000000000000000042.avro"
         );
         assert_eq!(
-            object_key("", "form", d, "t", 0, 0),
-            "form/event_date=2022-10-02/t+0+00000000000000000000.avro"
+            object_key("", "form", d, "t", 0, 0, "parquet"),
+            "form/event_date=2022-10-02/t+0+00000000000000000000.parquet"
         );
         let p = parse_key(&k).unwrap();
         assert_eq!(p.table, "form_field");
@@ -78,8 +83,8 @@ mod tests {
     #[test]
     fn keys_sort_by_offset() {
         let d = "2022-10-02";
-        let a = object_key("p", "form", d, "t", 0, 9);
-        let b = object_key("p", "form", d, "t", 0, 10);
+        let a = object_key("p", "form", d, "t", 0, 9, "avro");
+        let b = object_key("p", "form", d, "t", 0, 10, "avro");
         assert!(a < b);
     }
 }

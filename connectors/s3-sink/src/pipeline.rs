@@ -18,12 +18,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use apache_avro::Codec;
 use connector_common::dlq::DlqReason;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 
-use crate::avro::{FileEncoder, FinishedFile};
+use crate::format::{FileFormat, FileWriter, FinishedFile};
 use crate::keys::object_key;
 use crate::rolling::{FileSize, RollReason, RollingPolicy};
 use crate::schemas::Evolver;
@@ -254,7 +253,8 @@ pub(crate) struct PipelineSettings {
     /// Bytes the open files may hold together before the largest partition is flushed.
     pub(crate) open_budget: usize,
     pub(crate) part_size: usize,
-    pub(crate) codec: Codec,
+    /// The files' format.
+    pub(crate) format: Arc<dyn FileFormat>,
 }
 
 struct OpenFile {
@@ -262,7 +262,7 @@ struct OpenFile {
     key: String,
     table: Table,
     day: i64,
-    enc: FileEncoder,
+    enc: Box<dyn FileWriter>,
 }
 
 struct Segment {
@@ -724,7 +724,7 @@ impl Pipeline {
             }
         }
         if !rows.rows.is_empty() {
-            let (codec, part_size) = (self.settings.codec, self.settings.part_size);
+            let part_size = self.settings.part_size;
             let ps = self.partitions.get_mut(&p).expect("assigned");
             // A replayed segment is named by its recorded start (the first record with rows
             // there, unless a changed module gives rows to an earlier one).
@@ -754,9 +754,10 @@ impl Pipeline {
                         &self.settings.topic,
                         p,
                         seg.start,
+                        self.settings.format.extension(),
                     );
                     let ts = seg.schemas.get(table.into()).clone();
-                    let enc = FileEncoder::new(ts, codec, part_size);
+                    let enc = self.settings.format.open(ts, part_size);
                     OpenFile {
                         id,
                         key,
@@ -1040,7 +1041,9 @@ mod tests {
             idle_flush: Duration::from_secs(3600),
             open_budget: usize::MAX,
             part_size: 5 << 20,
-            codec: Codec::Null,
+            format: Arc::new(crate::avro::AvroFormat {
+                codec: apache_avro::Codec::Null,
+            }),
         }
     }
 

@@ -258,7 +258,7 @@ pub(crate) async fn run(
         idle_flush: cfg.s3.idle_flush,
         open_budget,
         part_size: cfg.s3.part_size.as_u64() as usize,
-        codec: cfg.s3.codec.codec(cfg.s3.zstd_level),
+        format: cfg.file_format(),
     };
     let registry = Registry::new(store.clone(), &cfg.s3.prefix, cfg.s3.retry.clone());
     let evolver = Evolver::open(registry, cfg.schema.policy())
@@ -285,6 +285,7 @@ pub(crate) async fn run(
         committer.clone(),
         topic.clone(),
         cfg.s3.prefix.clone(),
+        cfg.file_format().extension(),
     );
     let mut pending: VecDeque<Cmd> = VecDeque::new();
     let mut forwarded = 0u64;

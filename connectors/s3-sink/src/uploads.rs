@@ -18,7 +18,7 @@ use connector_common::retry::{GaveUp, RetryPolicy};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::avro::FinishedFile;
+use crate::format::FinishedFile;
 use crate::pipeline::BudgetGuard;
 use crate::store::{
     ErrorKind, META_END_OFFSET, META_FIRST_OFFSET, Multipart, ObjectStore, Part, StoreError, Write,

@@ -664,3 +664,72 @@ pub fn shipped_source_config(
     std::fs::write(&out, serde_yaml::to_string(&v)?)?;
     Ok(out)
 }
+
+/// Runs a Python snippet of the test venv over `files`; one JSON object per printed line.
+fn python_rows(script: &str, files: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
+    let python = std::env::var("FORM_ETL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".cache/venv/bin/python"));
+    let mut rows = Vec::new();
+    for chunk in files.chunks(200) {
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .args(chunk)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8(out.stdout)?.lines() {
+            rows.push(serde_json::from_str(line)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// Rows of Parquet files read with pyarrow (not our reader): one JSON object per row, plus
+/// `__file` and `__meta` (the file's `form_etl.*` key-value metadata).
+pub fn read_parquet_with_pyarrow(files: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
+    python_rows(
+        r#"
+import sys, json
+import pyarrow.parquet as pq
+for path in sys.argv[1:]:
+    f = pq.ParquetFile(path)
+    meta = {k.decode(): v.decode() for k, v in (f.metadata.metadata or {}).items() if k.startswith(b'form_etl.')}
+    for rec in f.read().to_pylist():
+        for k, v in list(rec.items()):
+            if hasattr(v, 'isoformat'):
+                rec[k] = v.isoformat()
+        rec['__file'] = path
+        rec['__meta'] = meta
+        print(json.dumps(rec, ensure_ascii=False))
+"#,
+        files,
+    )
+}
+
+/// Rows of Parquet files read with DuckDB (`read_parquet`): one JSON object per row, plus
+/// `__file`.
+pub fn read_parquet_with_duckdb(files: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
+    python_rows(
+        r#"
+import sys, json, duckdb
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+for path in sys.argv[1:]:
+    cur = con.execute("SELECT * FROM read_parquet(?, hive_partitioning = false)", [path])
+    cols = [d[0] for d in cur.description]
+    for row in cur.fetchall():
+        rec = dict(zip(cols, row))
+        for k, v in list(rec.items()):
+            if hasattr(v, 'isoformat'):
+                rec[k] = v.isoformat()
+        rec['__file'] = path
+        print(json.dumps(rec, ensure_ascii=False))
+"#,
+        files,
+    )
+}

@@ -94,11 +94,18 @@ fn compare(
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()> {
-    if !cluster_available("golden e2e") {
-        return Ok(());
-    }
+/// The seed event through kafka-source and s3-sink (`output` appended to the sink's config):
+/// the sink, the files it wrote (data files only), the topic, and when the run started and
+/// ended.
+async fn run_seed(
+    output: &str,
+) -> Result<(
+    SinkSetup,
+    Vec<std::path::PathBuf>,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+)> {
     let events = unique("e2e-events");
     let enriched = unique("e2e-enriched");
     let dlq = unique("e2e-dlq");
@@ -116,6 +123,8 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
         // (`tests/cluster/install.sh venv`).
         "  idle-flush: 1s\n",
     )?;
+    let text = std::fs::read_to_string(&sink.config)?;
+    std::fs::write(&sink.config, format!("{text}{output}"))?;
     let source_cfg =
         shipped_source_config(&sink.dir, &events, &enriched, &dlq, &unique("e2e-source-g"))?;
 
@@ -170,11 +179,17 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
     let s3 = sink.s3().await;
     let dir = sink.dir.join("download");
     let files = download_all(&s3, &sink.bucket, &sink.prefix, &dir).await?;
+    Ok((sink, files, enriched, started, ended))
+}
+
+/// The object keys of the seed's run: one file per table, named by offset 0.
+fn check_names(sink: &SinkSetup, files: &[std::path::PathBuf], enriched: &str, ext: &str) {
+    let dir = sink.dir.join("download");
     let names: Vec<String> = files
         .iter()
         .map(|f| f.strip_prefix(&dir).unwrap().display().to_string())
         .collect();
-    let first = format!("{enriched}+0+{:020}.avro", 0);
+    let first = format!("{enriched}+0+{:020}.{ext}", 0);
     assert_eq!(
         names,
         vec![
@@ -183,7 +198,9 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
         ],
         "object keys"
     );
-    let rows = read_with_fastavro(&files)?;
+}
+
+fn check_rows(rows: &[Value], started: DateTime<Utc>, ended: DateTime<Utc>) -> Result<()> {
     let by_table = |t: &str| -> Vec<Value> {
         rows.iter()
             .filter(|r| r["__file"].as_str().unwrap().contains(&format!("/{t}/")))
@@ -204,6 +221,18 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
         started,
         ended,
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()> {
+    if !cluster_available("golden e2e") {
+        return Ok(());
+    }
+    let (sink, files, enriched, started, ended) = run_seed("").await?;
+    check_names(&sink, &files, &enriched, "avro");
+    let rows = read_with_fastavro(&files)?;
+    check_rows(&rows, started, ended)?;
     // Each file says where its rows come from.
     for r in &rows {
         assert_eq!(
@@ -212,5 +241,27 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
         );
         assert_eq!(r["__meta"]["form_etl.source.first_offset"], "0");
     }
+    Ok(())
+}
+
+/// `output: {type: files, format: parquet}`: the same rows, read by pyarrow and by DuckDB.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_event_as_parquet_matches_expected_rows_in_pyarrow_and_duckdb() -> Result<()> {
+    if !cluster_available("golden e2e parquet") {
+        return Ok(());
+    }
+    let (sink, files, enriched, started, ended) =
+        run_seed("output: {type: files, format: parquet}\n").await?;
+    check_names(&sink, &files, &enriched, "parquet");
+    let rows = read_parquet_with_pyarrow(&files)?;
+    check_rows(&rows, started, ended)?;
+    for r in &rows {
+        assert_eq!(
+            r["__meta"]["form_etl.source.topic"],
+            Value::from(enriched.as_str())
+        );
+    }
+    let rows = read_parquet_with_duckdb(&files)?;
+    check_rows(&rows, started, ended)?;
     Ok(())
 }
