@@ -176,7 +176,10 @@ fn bad_parameters_are_refused_at_init() {
              (`fail` or `emit`)",
         ),
     ] {
-        let e = chain(&with).err().expect("built").to_string();
+        let Err(e) = chain(&with) else {
+            panic!("the chain was built with {with:?}");
+        };
+        let e = e.to_string();
         assert!(e.starts_with("loading SmartModule chain ("), "{e}");
         assert!(e.contains(want), "{e}");
     }
