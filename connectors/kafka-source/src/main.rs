@@ -1,10 +1,12 @@
 //! `kafka-source` binary: wiring only.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use connector_common::cli::CommonArgs;
+use connector_common::kafka::{RestartBudget, is_fenced};
 use connector_common::telemetry::{self, Health};
 use kafka_source::config::{DEFAULT_CONFIG_PATH, SourceConfig};
 use kafka_source::enrich::Enricher;
@@ -29,12 +31,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The dead-letter queue (`dlq.topic` of the config): list the letters, or re-send chosen
+    /// ones to the topic they came from, exactly once. The letters of every connector are
+    /// there: filter with `--connector`.
+    #[command(subcommand)]
+    Dlq(connector_common::redrive::DlqCommand),
 }
 
 fn main() {
     let args = Args::parse();
     let cfg: SourceConfig = args.common.load_config_or_exit(DEFAULT_CONFIG_PATH);
     telemetry::init_logging(args.common.log_format);
+    if let Some(Command::Dlq(cmd)) = &args.command {
+        let result =
+            connector_common::redrive::run_command(cmd, &cfg.kafka.client_config(), &cfg.dlq.topic);
+        if let Err(e) = result {
+            error!(error = format!("{e:#}"), "dlq command failed.");
+            std::process::exit(1);
+        }
+        return;
+    }
     // Held until exit (the kernel releases its lock however the process ends).
     let instance = match args.common.instance(&cfg.meta.name) {
         Ok(i) => i,
@@ -135,16 +157,34 @@ async fn run(
             source::progress_line(&stats, &enricher, dt)
         })
     };
-    let result = source::run(
-        cfg,
-        enricher,
-        stats,
-        problems,
-        shutdown.clone(),
-        max_records,
-        instance_id,
-    )
-    .await;
+    // A fencing by the cluster (a static member fenced by its own id after a coordinator
+    // restart, a producer fenced after its transaction timed out while the broker was away)
+    // leaves the clients unusable: new ones resume from the committed offsets, as a process
+    // restart would. A few times per hour at most (a live twin with our id would fence us back).
+    let mut restarts = RestartBudget::new(5, Duration::from_secs(3600));
+    let result = loop {
+        let result = source::run(
+            cfg.clone(),
+            enricher.clone(),
+            stats.clone(),
+            problems.clone(),
+            shutdown.clone(),
+            max_records,
+            instance_id,
+        )
+        .await;
+        match result {
+            Err(e) if is_fenced(&e) && !shutdown.is_triggered() && restarts.take() => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "Fenced by the cluster: starting new Kafka clients with the same ids (they resume from the committed offsets)."
+                );
+                metrics::counter!("kafka_source_client_restarts_total").increment(1);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other,
+        }
+    };
     shutdown.trigger();
     progress.abort();
     result

@@ -8,6 +8,9 @@
 //! on a blocking thread: meanwhile the loop keeps consuming and enriching, and holds the
 //! finished records (bounded) until the commit is done, then produces them into the next
 //! transaction. `init_transactions` runs the same way at start, while the group is joined.
+//! The transactional calls follow librdkafka's rules through `connector_common::eos` (the
+//! sink's module too): a timed-out commit is retried as the same call, never aborted into a
+//! conflicting state.
 //!
 //! Flow control: the loop stops taking records from the consumer while the enrichment window
 //! (`enrich.concurrency`) or the buffer of finished records is full, or while twice
@@ -46,10 +49,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use connector_common::Shutdown;
 use connector_common::dlq::{DlqInfo, DlqReason};
+use connector_common::eos::{TxnError, TxnProducer};
 use connector_common::kafka::{
     CLOSE_TIMEOUT, ConsumerErrorAction, close_consumer, consumer_error_action,
 };
-use connector_common::retry::{ErrorClass, classify_kafka};
 use connector_common::telemetry::RateCounter;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -61,7 +64,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
@@ -135,40 +138,27 @@ pub struct Stats {
 /// The producer: delivery reports are not awaited one by one (`commit_transaction` fails if
 /// any record of the transaction failed), so no per-record future or channel (as
 /// `FutureProducer` makes); its thread serves the reports.
-type TxnProducer = ThreadedProducer<DefaultProducerContext>;
+type RawProducer = ThreadedProducer<DefaultProducerContext>;
 
 /// The transaction state shared by the loop, the commit thread and the rebalance callback.
+/// The transactional calls and their rules (retries, aborts, fatal errors, the commit lock a
+/// revoke waits on) are `connector_common::eos`'s, shared with the sink.
 struct Txn {
-    producer: Arc<TxnProducer>,
-    /// A transaction is open (begun, neither committed nor aborted).
-    open: AtomicBool,
-    /// Held by a commit from its first call to its end, and by a revoke while it aborts: a
-    /// revoke waits for a running commit before the partitions are handed over.
-    lock: Mutex<()>,
+    eos: TxnProducer<DefaultProducerContext>,
     /// Offsets committed by our transactions, per partition (for the lag).
     committed: Mutex<HashMap<i32, i64>>,
 }
 
 impl Txn {
-    /// Aborts the open transaction, if any. The caller holds `lock`.
-    ///
-    /// Flushes first: librdkafka can send the abort's EndTxn before the partitions of records
-    /// produced just before are registered with the coordinator, which then answers
-    /// INVALID_TXN_STATE, a fatal error (confluentinc/librdkafka#4849; seen in CI on a revoke
-    /// right after a batch was produced). Once the records are delivered the transaction is
-    /// ongoing at the coordinator and the abort discards them.
-    fn abort_open(&self, why: &str) -> Result<(), KafkaError> {
-        if self.open.swap(false, Ordering::SeqCst) {
+    /// Aborts the open transaction, if any (flushing first: see `TxnProducer::abort`). The
+    /// caller holds the commit lock.
+    fn abort_open(&self, why: &str) -> Result<(), TxnError> {
+        if self.eos.is_open() {
             counter!("kafka_source_transactions_total", "result" => "aborted").increment(1);
-            if let Err(e) = self.producer.flush(TXN_CALL_TIMEOUT) {
-                warn!(error = %e, why, "Flushing before the abort failed; aborting anyway.");
-            }
-            if let Err(e) = self.producer.abort_transaction(TXN_CALL_TIMEOUT) {
-                error!(error = %e, why, "Aborting the transaction failed.");
-                return Err(e);
-            }
         }
-        Ok(())
+        self.eos.abort(why).inspect_err(|e| {
+            error!(error = %e, why, "Aborting the transaction failed.");
+        })
     }
 }
 
@@ -192,7 +182,7 @@ impl Ctx {
     fn consumer_error(&self, e: &KafkaError) -> anyhow::Result<()> {
         match consumer_error_action(e) {
             ConsumerErrorAction::Ignore => Ok(()),
-            ConsumerErrorAction::Fatal => Err(anyhow::anyhow!("consuming: {e}")),
+            ConsumerErrorAction::Fatal => Err(anyhow::Error::new(e.clone()).context("consuming")),
             ConsumerErrorAction::Warn => {
                 let code = e
                     .rdkafka_error_code()
@@ -273,7 +263,7 @@ impl ConsumerContext for Ctx {
                 );
                 {
                     // Waits for a running commit: its offsets land before the hand-over.
-                    let _commit = self.txn.lock.lock().expect("txn lock");
+                    let _commit = self.txn.eos.lock();
                     if let Err(e) = self.txn.abort_open("revoke") {
                         *self.fatal.lock().expect("fatal lock") =
                             Some(format!("aborting the transaction (revoke): {e}"));
@@ -480,11 +470,9 @@ pub async fn run(
             cfg.source.transaction_timeout.as_millis().to_string(),
         )
         .set("enable.idempotence", "true");
-    let producer: Arc<TxnProducer> = Arc::new(pc.create().context("creating the producer")?);
+    let producer: RawProducer = pc.create().context("creating the producer")?;
     let txn = Arc::new(Txn {
-        producer: producer.clone(),
-        open: AtomicBool::new(false),
-        lock: Mutex::new(()),
+        eos: TxnProducer::new(producer, TXN_CALL_TIMEOUT),
         committed: Mutex::new(HashMap::new()),
     });
     let ctx = Ctx {
@@ -1033,14 +1021,11 @@ async fn produce(
     p: Processed,
     route: &Route,
 ) -> anyhow::Result<()> {
-    let producer = &txn.producer;
-    if !txn.open.load(Ordering::SeqCst) {
-        producer
-            .begin_transaction()
-            .context("beginning a transaction")?;
-        txn.open.store(true, Ordering::SeqCst);
+    if !txn.eos.is_open() {
+        txn.eos.begin().context("beginning a transaction")?;
         pending.since = Some(Instant::now());
     }
+    let producer = txn.eos.producer();
     // Key and value as they were (a null key or a tombstone's null value stays null).
     type Parts<'a> = (
         &'a str,
@@ -1155,12 +1140,9 @@ fn start_commit(
 /// Starts `init_transactions` on a blocking thread.
 fn start_init(txn: &Arc<Txn>, transactional_id: String) -> Committing {
     let txn = txn.clone();
-    let handle = tokio::task::spawn_blocking(move || {
-        let _commit = txn.lock.lock().expect("txn lock");
-        match txn.producer.init_transactions(TXN_CALL_TIMEOUT) {
-            Ok(()) => CommitOutcome::Committed,
-            Err(e) => CommitOutcome::Fatal(e.into()),
-        }
+    let handle = tokio::task::spawn_blocking(move || match txn.eos.init() {
+        Ok(()) => CommitOutcome::Committed,
+        Err(e) => CommitOutcome::Fatal(e.into()),
     });
     Committing {
         handle,
@@ -1171,54 +1153,43 @@ fn start_init(txn: &Arc<Txn>, transactional_id: String) -> Committing {
     }
 }
 
-/// Sends the offsets and commits; on a non-fatal failure, aborts.
+/// Sends the offsets and commits, by `connector_common::eos`'s rules: a retriable failure
+/// (a commit that timed out) is retried as the same call, one that requires an abort is
+/// aborted (the loop rewinds), a fatal one ends the source.
 fn commit_blocking(
     txn: &Txn,
     tpl: &TopicPartitionList,
     gm: Option<ConsumerGroupMetadata>,
     offsets: &[(i32, i64)],
 ) -> CommitOutcome {
-    let _commit = txn.lock.lock().expect("txn lock");
-    if !txn.open.load(Ordering::SeqCst) {
+    let _commit = txn.eos.lock();
+    if !txn.eos.is_open() {
         return CommitOutcome::Aborted;
     }
-    let result = (|| -> Result<(), KafkaError> {
-        let gm = gm.ok_or(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::Fail))?;
-        retrying(|| {
-            txn.producer
-                .send_offsets_to_transaction(tpl, &gm, TXN_CALL_TIMEOUT)
-        })?;
-        retrying(|| txn.producer.commit_transaction(TXN_CALL_TIMEOUT))
-    })();
-    match result {
+    let Some(gm) = gm else {
+        // No group metadata: the consumer has left the group; the offsets cannot be committed.
+        return match txn.abort_open("no group metadata") {
+            Ok(()) => {
+                CommitOutcome::Failed(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::Fail))
+            }
+            Err(a) => {
+                CommitOutcome::Fatal(anyhow::anyhow!(a).context("aborting (no group metadata)"))
+            }
+        };
+    };
+    match txn.eos.commit_locked(tpl, &gm) {
         Ok(()) => {
-            txn.open.store(false, Ordering::SeqCst);
             txn.committed
                 .lock()
                 .expect("committed lock")
                 .extend(offsets.iter().copied());
             CommitOutcome::Committed
         }
-        Err(e) if classify_kafka(&e) == ErrorClass::Fatal => CommitOutcome::Fatal(e.into()),
-        Err(e) => match txn.abort_open("commit failed") {
-            Ok(()) => CommitOutcome::Failed(e),
-            Err(a) => CommitOutcome::Fatal(
-                anyhow::anyhow!(a).context(format!("aborting after a failed commit ({e})")),
-            ),
-        },
-    }
-}
-
-fn retrying(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
-    let mut attempt = 0;
-    loop {
-        match f() {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 10 => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(100 * attempt));
-            }
-            other => return other,
+        Err(TxnError::Aborted(e)) => {
+            counter!("kafka_source_transactions_total", "result" => "aborted").increment(1);
+            CommitOutcome::Failed(e)
         }
+        Err(e @ TxnError::Fatal(_)) => CommitOutcome::Fatal(e.into()),
     }
 }
 

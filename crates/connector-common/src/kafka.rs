@@ -158,9 +158,96 @@ pub fn consumer_error_action(err: &KafkaError) -> ConsumerErrorAction {
     }
 }
 
+/// Whether `err` (a connector's run ending) is a fencing of this instance by the cluster
+/// rather than by a live twin: a static member fenced by "its own" `group.instance.id` after a
+/// group coordinator restarted or moved (the coordinator takes the rejoin of our own instance
+/// for a newer one: apache/kafka#23542), or a transactional producer fenced after its
+/// coordinator timed out its transaction while the broker was away. The clients are then
+/// unusable, but a fresh consumer and producer (same ids) resume from the committed state,
+/// exactly as a process restart would; a connector may do that in-process, a bounded number of
+/// times ([`RestartBudget`]), instead of exiting.
+pub fn is_fenced(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let kafka = cause.downcast_ref::<KafkaError>().or_else(|| {
+            cause
+                .downcast_ref::<crate::eos::TxnError>()
+                .map(|t| t.kafka())
+        });
+        kafka
+            .and_then(KafkaError::rdkafka_error_code)
+            .is_some_and(|c| {
+                matches!(
+                    c,
+                    RDKafkaErrorCode::FencedInstanceId
+                        | RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            })
+    })
+}
+
+/// How many in-process restarts after [`is_fenced`] errors: at most `max` within `window`
+/// (two live instances with one id would otherwise fence each other for ever).
+#[derive(Debug)]
+pub struct RestartBudget {
+    max: usize,
+    window: std::time::Duration,
+    recent: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl RestartBudget {
+    /// At most `max` restarts within `window`.
+    pub fn new(max: usize, window: std::time::Duration) -> Self {
+        Self {
+            max,
+            window,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Takes one restart, if the budget has one left.
+    pub fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fenced_errors_are_told_apart_and_restarts_are_bounded() {
+        let fenced = anyhow::Error::new(KafkaError::MessageConsumptionFatal(
+            RDKafkaErrorCode::FencedInstanceId,
+        ))
+        .context("consuming");
+        assert!(is_fenced(&fenced));
+        let txn = anyhow::Error::new(crate::eos::TxnError::Fatal(KafkaError::Global(
+            RDKafkaErrorCode::Fenced,
+        )))
+        .context("committing the transaction");
+        assert!(is_fenced(&txn));
+        let other = anyhow::Error::new(KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::Fail));
+        assert!(!is_fenced(&other));
+        assert!(!is_fenced(&anyhow::anyhow!(
+            "FencedInstanceId in words only"
+        )));
+        let mut b = RestartBudget::new(2, std::time::Duration::from_secs(60));
+        assert!(b.take() && b.take() && !b.take());
+    }
 
     #[test]
     fn consumer_errors_are_warnings_unless_fatal() {

@@ -54,6 +54,8 @@ pub struct SourceOptions {
     pub cache_ttl: &'static str,
     /// `source.transaction-timeout`.
     pub transaction_timeout: &'static str,
+    /// `source.commit-interval`.
+    pub commit_interval: &'static str,
     /// `kafka.bootstrap` override (a private broker), else [`crate::kafka_bootstrap`].
     pub brokers: Option<String>,
 }
@@ -67,6 +69,7 @@ impl SourceOptions {
             timeout: "1s",
             cache_ttl: "5m",
             transaction_timeout: "10s",
+            commit_interval: "100ms",
             brokers: None,
         }
     }
@@ -140,7 +143,7 @@ enrich:
     max-entries: 10000
 source:
   commit-max-records: 2000
-  commit-interval: 100ms
+  commit-interval: {commit_interval}
   transaction-timeout: {txn_timeout}
   drain-timeout: 10s
 "#,
@@ -150,6 +153,7 @@ source:
         dlq = topics.dlq,
         brokers = opts.brokers.clone().unwrap_or_else(crate::kafka_bootstrap),
         txn_timeout = opts.transaction_timeout,
+        commit_interval = opts.commit_interval,
         api = opts.api,
         timeout = opts.timeout,
         concurrency = opts.concurrency,
