@@ -240,7 +240,7 @@ impl Pipeline {
         let mut src = ctx.shipped_source.clone();
         let source_port = free_port();
         for (path, value) in [
-            ("meta/topic", enriched_topic.as_str()),
+            ("meta/topic/meta/name", enriched_topic.as_str()),
             ("kafka/brokers", ctx.bootstrap.as_str()),
             ("kafka/topic", events_topic.as_str()),
             ("kafka/group", source_group.as_str()),
@@ -298,7 +298,7 @@ impl Pipeline {
             let mut snk = ctx.shipped_sink.clone();
             let port = free_port();
             for (path, value) in [
-                ("meta/topic", enriched_topic.as_str()),
+                ("meta/topic/meta/name", enriched_topic.as_str()),
                 ("kafka/brokers", ctx.bootstrap.as_str()),
                 ("kafka/topic", enriched_topic.as_str()),
                 ("kafka/group", sink_group.as_str()),
@@ -895,6 +895,9 @@ async fn download_objects(ctx: &Ctx, prefix: &str, dir: &Path) -> anyhow::Result
     use futures::StreamExt as _;
     let _ = std::fs::remove_dir_all(dir);
     let keys = list_keys(&ctx.s3, BUCKET, &format!("{prefix}/")).await?;
+    // The schema versions (`{prefix}/_schemas/…`) are not data files.
+    let schemas = format!("{prefix}/_schemas/");
+    let keys = keys.into_iter().filter(|(k, _)| !k.starts_with(&schemas));
     let results: Vec<anyhow::Result<PathBuf>> = futures::stream::iter(keys)
         .map(|(key, _)| {
             let s3 = ctx.s3.clone();
