@@ -174,6 +174,13 @@ pub(crate) async fn run(
             .await
             .context("creating the output bucket")?;
     }
+    // S3 first, Kafka next: a sink that cannot read its schema versions (a wrong key, no
+    // bucket) ends before it joins the group (a consumer dropped while its assignment waits
+    // to be served can block its close).
+    let registry = Registry::new(store.clone(), &cfg.s3.prefix, cfg.s3.retry.clone());
+    let evolver = Evolver::open(registry, cfg.schema.policy())
+        .await
+        .context("loading the tables' schema versions")?;
 
     let mut pc = cfg.kafka.client_config();
     let transactional_id = cfg.transactional_id(&opts.instance_id);
@@ -260,10 +267,6 @@ pub(crate) async fn run(
         part_size: cfg.s3.part_size.as_u64() as usize,
         format: cfg.file_format(),
     };
-    let registry = Registry::new(store.clone(), &cfg.s3.prefix, cfg.s3.retry.clone());
-    let evolver = Evolver::open(registry, cfg.schema.policy())
-        .await
-        .context("loading the tables' schema versions")?;
     let (cmd_tx, cmd_rx) = mpsc::channel(CMD_CAPACITY);
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_CAPACITY);
     let pipeline = Pipeline::new(settings, transform, evolver, ev_tx, inflight.clone());
@@ -452,8 +455,8 @@ pub(crate) async fn run(
                         }
                         ConsumerErrorAction::Fatal => {
                             health.set_problem(Some(format!("Kafka consumer: {e}")));
-                            break Err(anyhow::anyhow!(
-                                "fatal Kafka consumer error: {e}; exiting without committing what is not durable (a restart resumes)"
+                            break Err(anyhow::Error::new(e).context(
+                                "fatal Kafka consumer error; exiting without committing what is not durable (a restart resumes)",
                             ));
                         }
                     },
@@ -485,7 +488,9 @@ pub(crate) async fn run(
                         }
                         Some(Err(e)) => {
                             if consumer_error_action(&e) == ConsumerErrorAction::Fatal {
-                                failed = Some(anyhow::anyhow!("fatal Kafka consumer error: {e}"));
+                                failed = Some(
+                                    anyhow::Error::new(e).context("fatal Kafka consumer error"),
+                                );
                             } else {
                                 warn!(error = %e, "Kafka consumer error (retried by the client).");
                             }

@@ -492,7 +492,7 @@ async fn forms_api_fault_modes() -> anyhow::Result<()> {
         .await?;
     assert_eq!(
         faults,
-        json!({"latency_ms":0,"error_500_ratio":0.0,"error_429_ratio":0.0,"hang_ratio":0.0,"outage":"none"})
+        json!({"latency_ms":0,"error_500_ratio":0.0,"error_429_ratio":0.0,"hang_ratio":0.0,"outage":"none","bad_answer":"none","sized_forms":false})
     );
     Ok(())
 }

@@ -414,7 +414,7 @@ async fn two_sinks_rebalance_mid_run_exactly_once_and_bounded() -> Result<()> {
         assert!(status.success(), "{name} sink: exit status {status}\n{log}");
     }
     assert!(
-        log_a.contains("Partitions revoked."),
+        log_a.contains("Partitions revoked"),
         "the first sink saw no rebalance:\n{log_a}"
     );
     assert!(got_b > 0.0, "the second sink read nothing:\n{log_b}");
