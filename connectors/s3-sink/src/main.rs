@@ -117,11 +117,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     telemetry::init_logging(args.common.log_format);
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run(cfg, args.common))
+        .block_on(run(cfg, args.common));
+    // Fenced by the cluster (a static member fenced by its own group.instance.id after its
+    // coordinator restarted: apache/kafka#23542): new clients resume, in this same process.
+    if let Err(e) = &result
+        && connector_common::kafka::is_fenced(e)
+    {
+        connector_common::kafka::reexec_after_fencing(e);
+    }
+    result
 }
 
 async fn run(cfg: SinkConfig, args: CommonArgs) -> anyhow::Result<()> {

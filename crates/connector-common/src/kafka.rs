@@ -224,6 +224,52 @@ impl RestartBudget {
     }
 }
 
+/// The environment variable that counts [`reexec_after_fencing`]'s restarts of a process.
+pub const REEXEC_ENV: &str = "FORM_ETL_FENCED_RESTARTS";
+
+/// Restarts of one process by [`reexec_after_fencing`] at most (then it exits, and its
+/// supervisor's restart begins the count again).
+pub const MAX_REEXECS: u32 = 5;
+
+/// After a run ended by [`is_fenced`]: starts this program again in this process (`exec`, same
+/// pid, same arguments and environment), so that it gets new Kafka clients with the same ids and
+/// resumes from the committed state, as a supervisor's restart would, without the process
+/// exiting. Open files, sockets and locks are closed by the `exec` (Rust opens them
+/// close-on-exec); what was in flight is dropped, exactly as after `kill -9`. Returns (the
+/// caller then exits) once [`MAX_REEXECS`] restarts were made, or if `exec` fails.
+pub fn reexec_after_fencing(err: &anyhow::Error) {
+    use std::os::unix::process::CommandExt;
+    let done: u32 = std::env::var(REEXEC_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if done >= MAX_REEXECS {
+        tracing::error!(
+            restarts = done,
+            "Fenced by the cluster again: {MAX_REEXECS} restarts already (another live instance with this instance id?); exiting."
+        );
+        return;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot find this program to start it again; exiting.");
+            return;
+        }
+    };
+    tracing::warn!(
+        error = format!("{err:#}"),
+        restart = done + 1,
+        "Fenced by the cluster (its coordinator restarted or moved): starting again in this process with new Kafka clients; they resume from the committed state."
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let e = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(REEXEC_ENV, (done + 1).to_string())
+        .exec();
+    tracing::error!(error = %e, "Starting again failed; exiting.");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
