@@ -155,7 +155,8 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> 
     }
 }
 
-fn committed_once(group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
+/// One lookup of the committed offsets (`committed` retries it).
+pub fn committed_once(group: &str, topic: &str, partitions: i32) -> Result<Vec<i64>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_addr())
         .set("group.id", group)
@@ -402,14 +403,6 @@ pub async fn download_all(
 /// Rows of Avro files read with fastavro (a reader that is not ours): one JSON object per row,
 /// plus `__file` (path) and `__meta` (the file's `form_etl.*` metadata).
 pub fn read_with_fastavro(files: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
-    let python = std::env::var("FORM_ETL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join(".cache/venv/bin/python"));
-    anyhow::ensure!(
-        python.exists(),
-        "{} is missing (installed by `make cluster-up`)",
-        python.display()
-    );
     let script = r#"
 import sys, json, fastavro
 for path in sys.argv[1:]:
@@ -424,23 +417,7 @@ for path in sys.argv[1:]:
             rec['__meta'] = meta
             print(json.dumps(rec, ensure_ascii=False))
 "#;
-    let mut rows = Vec::new();
-    for chunk in files.chunks(200) {
-        let out = Command::new(&python)
-            .arg("-c")
-            .arg(script)
-            .args(chunk)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "fastavro failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8(out.stdout)?.lines() {
-            rows.push(serde_json::from_str(line)?);
-        }
-    }
-    Ok(rows)
+    python_rows(script, &[], files)
 }
 
 /// Counts the rows of `files` with Java avro-tools (`count`), if its jar and `java` are here.
@@ -665,16 +642,27 @@ pub fn shipped_source_config(
     Ok(out)
 }
 
-/// Runs a Python snippet of the test venv over `files`; one JSON object per printed line.
-fn python_rows(script: &str, files: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
+/// Runs a Python snippet of the test venv (`FORM_ETL_PYTHON`) with `args` then `files` (200 at
+/// a time) as its arguments; one JSON object per printed line.
+pub fn python_rows(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    files: &[PathBuf],
+) -> Result<Vec<serde_json::Value>> {
     let python = std::env::var("FORM_ETL_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join(".cache/venv/bin/python"));
+    anyhow::ensure!(
+        python.exists(),
+        "{} is missing (installed by `make cluster-up`)",
+        python.display()
+    );
     let mut rows = Vec::new();
     for chunk in files.chunks(200) {
         let out = Command::new(&python)
             .arg("-c")
             .arg(script)
+            .args(args)
             .args(chunk)
             .output()?;
         anyhow::ensure!(
@@ -707,6 +695,7 @@ for path in sys.argv[1:]:
         rec['__meta'] = meta
         print(json.dumps(rec, ensure_ascii=False))
 "#,
+        &[],
         files,
     )
 }
@@ -730,6 +719,7 @@ for path in sys.argv[1:]:
         rec['__file'] = path
         print(json.dumps(rec, ensure_ascii=False))
 "#,
+        &[],
         files,
     )
 }

@@ -143,9 +143,6 @@ fn read_with_reader_schema(
     files: &[PathBuf],
     reader_schema: &Path,
 ) -> Result<Vec<serde_json::Value>> {
-    let python = std::env::var("FORM_ETL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join(".cache/venv/bin/python"));
     let script = r#"
 import sys, json, fastavro
 schema = fastavro.parse_schema(json.load(open(sys.argv[1])))
@@ -158,24 +155,7 @@ for path in sys.argv[2:]:
             rec['__file'] = path
             print(json.dumps(rec, ensure_ascii=False))
 "#;
-    let mut rows = Vec::new();
-    for chunk in files.chunks(200) {
-        let out = Command::new(&python)
-            .arg("-c")
-            .arg(script)
-            .arg(reader_schema)
-            .args(chunk)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "fastavro: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8(out.stdout)?.lines() {
-            rows.push(serde_json::from_str(line)?);
-        }
-    }
-    Ok(rows)
+    python_rows(script, &[reader_schema.as_os_str()], files)
 }
 
 /// Counts the rows of `files` with avro-tools `tojson --reader-schema-file`.

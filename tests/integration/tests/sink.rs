@@ -136,10 +136,15 @@ async fn kill_9_five_times_no_row_lost_or_duplicated() -> Result<()> {
         );
         child.kill()?; // SIGKILL
         child.wait()?;
-        eprintln!(
-            "round {round}: killed after {ms} ms; committed {:?}",
-            committed(&setup.group, &topic, PARTITIONS)?
-        );
+        // Only a diagnostic: a kill between the offsets sent and the commit leaves them
+        // pending until the next run fences the dead transaction, and a read_committed fetch
+        // waits for that (the check is the final one, after the last run).
+        match committed_once(&setup.group, &topic, PARTITIONS) {
+            Ok(c) => eprintln!("round {round}: killed after {ms} ms; committed {c:?}"),
+            Err(e) => {
+                eprintln!("round {round}: killed after {ms} ms; committed offsets pending ({e})")
+            }
+        }
     }
     let mut child = setup.spawn(&[])?;
     let res = wait_committed(&setup, PARTITIONS, Duration::from_secs(240)).await;
