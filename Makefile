@@ -82,10 +82,11 @@ run: deps build-smartmodules cluster-up
 	  else t=.cluster/run-$$1.avro; rm -f $$t; java -jar .cache/avro/avro-tools-1.12.1.jar cat $$(files $$1) $$t 2>/dev/null && \
 	  java -jar .cache/avro/avro-tools-1.12.1.jar tojson $$t 2>/dev/null; fi; }; \
 	setsid target/release/s3-sink --config config/form-s3-sink.yaml >.cluster/s3-sink.log 2>&1 & sink=$$!; \
+	setsid target/release/s3-sink --config config/form-s3-sink-iceberg.yaml >.cluster/s3-sink-iceberg.log 2>&1 & lake=$$!; \
 	setsid target/release/kafka-source --config config/form-events-source.yaml >.cluster/kafka-source.log 2>&1 & src=$$!; \
-	trap 'echo; echo "Stopping the connectors: they drain and commit..."; kill -TERM $$src $$sink 2>/dev/null; wait $$src $$sink 2>/dev/null; echo Stopped.; exit 0' INT TERM; \
+	trap 'echo; echo "Stopping the connectors: they drain and commit..."; kill -TERM $$src $$sink $$lake 2>/dev/null; wait $$src $$sink $$lake 2>/dev/null; echo Stopped.; exit 0' INT TERM; \
 	set +e +o pipefail; \
-	echo "kafka-source (pid $$src, log .cluster/kafka-source.log) and s3-sink (pid $$sink, log .cluster/s3-sink.log) started."; \
+	echo "kafka-source (pid $$src, log .cluster/kafka-source.log), s3-sink to Avro files (pid $$sink, log .cluster/s3-sink.log) and s3-sink to Iceberg tables (pid $$lake, log .cluster/s3-sink-iceberg.log) started."; \
 	before=$$(count_rows form); \
 	tag=$$(date +%s); batch=200; \
 	{ tr -d '\n' < tests/fixtures/seed/form.events.kv | sed 's/:/|/'; echo; \
@@ -102,9 +103,12 @@ run: deps build-smartmodules cluster-up
 	echo; echo "form: $$(count_rows form) rows, form_field: $$(count_rows form_field) rows (all runs so far), in:"; \
 	find .cluster/s3/output/form-etl -name '*.avro' | sed 's|^.cluster/s3/output/|  s3://output/|' | sort | sed -n 1,12p; \
 	echo "  (s3://output/form-etl/... = files under .cluster/s3/output/form-etl/; S3 at http://127.0.0.1:9000, admin/password)"; \
+	echo; echo "== Iceberg tables form_etl.form and form_etl.form_field, queried with DuckDB (rows are committed every 10 s) =="; \
+	.cache/venv/bin/python scripts/iceberg-sql.py --wait-rows $$((batch + 1)) || { echo "see .cluster/s3-sink-iceberg.log"; tail -5 .cluster/s3-sink-iceberg.log; }; \
+	echo "Your own SQL over the same tables: .cache/venv/bin/python scripts/iceberg-sql.py \"SELECT count(*) FROM form_field\""; \
 	echo; echo "The pipeline keeps running: produce more to form.events and watch new files appear."; \
-	echo "Metrics: http://127.0.0.1:9464/metrics (source), http://127.0.0.1:9465/metrics (sink). Press Ctrl-C to stop."; \
-	wait $$sink $$src
+	echo "Metrics: http://127.0.0.1:9464/metrics (source), http://127.0.0.1:9465/metrics (Avro sink), http://127.0.0.1:9466/metrics (Iceberg sink). Press Ctrl-C to stop."; \
+	wait $$sink $$src $$lake
 
 # Throughput, peak RSS and CPU of the connectors beside the machine's ceilings (tests/bench);
 # writes target/bench/results.json and BENCHMARKS.md. Quick run:

@@ -15,69 +15,138 @@
 //! (`send_offsets_to_transaction`): a dead letter is sent by the transaction that commits its
 //! source offset, so the DLQ is exactly once too.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::committer::{CommitError, CommitPlan, KafkaCommitter, PlannedPartition};
 use crate::keys::object_key;
-use crate::pipeline::{Event, SealedSegment};
-use crate::seal::{Keys, Recorded};
-use crate::store::Multipart;
+use crate::pipeline::{Cmd, Event, Replay, SealedSegment};
+use crate::seal::{self, Keys, Recorded};
 use crate::tracker::{PartitionTrack, Tracker};
-use crate::uploads::{FileDone, FileId, FileMsg, Outcome, UploadCtx, abort_upload, run_file};
+use crate::uploads::{FileDone, FileId, FileMsg, Outcome, UploadCtx, Uploads};
 
 /// File ids handed out here (deletions of stale objects) count down from the top, away from
 /// the pipeline's, which count up from 0.
 const FIRST_DELETE_ID: u64 = u64::MAX;
 
-#[derive(Debug)]
-struct FileTrack {
-    partition: i32,
-    key: String,
-    tx: mpsc::UnboundedSender<FileMsg>,
-    task: JoinHandle<()>,
-    multipart: Arc<Mutex<Option<Multipart>>>,
-}
-
-/// A commit running on a blocking thread (see [`Manager::start_commit`]).
+/// A commit running beside the loop (see [`Committer::start_commit`]).
 #[derive(Debug)]
 pub(crate) struct RunningCommit {
-    plan: Arc<CommitPlan>,
-    /// The transaction; its result goes to [`Manager::finish_commit`].
+    /// The committer's plan, handed back to it by [`Committer::finish_commit`].
+    plan: Arc<dyn Any + Send + Sync>,
+    /// The commit; its result (the partitions committed) goes to [`Committer::finish_commit`].
     pub(crate) task: JoinHandle<Result<Vec<i32>, CommitError>>,
+}
+
+impl RunningCommit {
+    pub(crate) fn new(
+        plan: Arc<dyn Any + Send + Sync>,
+        task: JoinHandle<Result<Vec<i32>, CommitError>>,
+    ) -> Self {
+        Self { plan, task }
+    }
+
+    /// The plan, as the committer that made it knows it.
+    pub(crate) fn plan<T: Any + Send + Sync>(&self) -> Arc<T> {
+        self.plan
+            .clone()
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("a commit finished by the committer that started it"))
+    }
+}
+
+/// The outcome of a commit task (a panic included).
+pub(crate) type CommitResult = Result<Result<Vec<i32>, CommitError>, tokio::task::JoinError>;
+
+/// A partition just assigned, with the consumer group's committed offset and its metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct Assigned {
+    pub(crate) partition: i32,
+    pub(crate) epoch: u64,
+    pub(crate) committed: Option<i64>,
+    pub(crate) metadata: String,
+}
+
+/// How a range of records becomes durable and committed: the commit side of the sink, fed by
+/// the pipeline's events and driven by the loop in `sink.rs`. One implementation per kind of
+/// output, chosen by the config (`output.type`): [`Manager`] (files, committed with the
+/// consumer group's offsets, `seal.rs`) and `iceberg_committer::IcebergCommitter` (snapshots
+/// of Iceberg tables holding the offsets). Adding one is one new file and one arm of
+/// `OutputConfig`.
+pub(crate) trait Committer: Send + std::fmt::Debug {
+    /// Partitions assigned: the commands that start each in the pipeline (its replay, the rows
+    /// to skip). An error stops the sink.
+    fn assign(&mut self, assigned: Vec<Assigned>) -> anyhow::Result<Vec<Cmd>>;
+    /// Drops everything of a revoked partition: its uploads stop, nothing more of it commits.
+    fn revoke(&mut self, partition: i32);
+    fn on_event(&mut self, ev: Event);
+    /// Where the uploads report their files.
+    fn done_rx(&mut self) -> &mut mpsc::UnboundedReceiver<FileDone>;
+    fn on_done(&mut self, done: FileDone);
+    /// The consumer's position of a partition (see [`Manager`]'s).
+    fn advance_to_position(&mut self, partition: i32, position: i64, forwarded: Option<i64>);
+    /// Nothing in flight and everything committed (the end of a drain).
+    fn quiescent(&self) -> bool;
+    /// A commit should start at once rather than at the interval.
+    fn commit_now(&self) -> bool;
+    /// Commits are started at least this often.
+    fn interval(&self) -> Duration;
+    /// Whether the open files close before each interval's commit ([`Cmd::Flush`]).
+    fn flush_before_commit(&self) -> bool;
+    /// Age in seconds of the oldest record not yet committed.
+    fn oldest_pending_age(&self) -> f64;
+    /// Starts committing whatever changed; `None` when there is nothing to commit. One runs at
+    /// a time. `group` is the consumer's group metadata now.
+    fn start_commit(&mut self, group: ConsumerGroupMetadata) -> Option<RunningCommit>;
+    /// Applies a commit's outcome; an error is fatal.
+    fn finish_commit(
+        &mut self,
+        running: RunningCommit,
+        result: CommitResult,
+    ) -> Result<(), CommitError>;
+    /// `partition → committed offset` for the progress line.
+    fn committed_summary(&self) -> String;
+    /// Logs what is not committed (at the end of a drain that timed out).
+    fn log_unfinished(&self);
+    /// A file failed for good: the sink stops (its range is replayed by the next run).
+    fn take_failure(&mut self) -> Option<String>;
+    /// The pipeline answered the drain.
+    fn drained(&self) -> bool;
+    /// Files made durable so far.
+    fn files_uploaded(&self) -> u64;
 }
 
 /// Tracks segments, runs the uploads, and commits.
 pub(crate) struct Manager {
-    ctx: Arc<UploadCtx>,
+    uploads: Uploads,
     committer: Arc<KafkaCommitter>,
     tracker: Tracker,
     topic: String,
     prefix: String,
     /// The files' extension (their format's).
     ext: &'static str,
-    files: HashMap<u64, FileTrack>,
-    pub(crate) done_rx: mpsc::UnboundedReceiver<FileDone>,
     next_delete_id: u64,
-    pub(crate) drained: bool,
+    drained: bool,
     /// A file that failed for good: the sink stops (its range is replayed by the next run).
-    pub(crate) failure: Option<String>,
+    failure: Option<String>,
     /// Totals for the progress line.
-    pub(crate) files_uploaded: u64,
-    pub(crate) bytes_uploaded: u64,
-    pub(crate) dlq_sent: u64,
+    files_uploaded: u64,
+    bytes_uploaded: u64,
+    dlq_sent: u64,
+    interval: Duration,
 }
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
             .field("partitions", &self.tracker.partitions.len())
-            .field("files", &self.files.len())
+            .field("files", &self.uploads.len())
             .finish()
     }
 }
@@ -90,28 +159,28 @@ impl Manager {
         topic: String,
         prefix: String,
         ext: &'static str,
+        interval: Duration,
     ) -> Self {
         Self {
-            ctx,
+            uploads: Uploads::new(ctx, done_rx),
             committer,
             tracker: Tracker::default(),
             topic,
             prefix,
             ext,
-            files: HashMap::new(),
-            done_rx,
             next_delete_id: FIRST_DELETE_ID,
             drained: false,
             failure: None,
             files_uploaded: 0,
             bytes_uploaded: 0,
             dlq_sent: 0,
+            interval,
         }
     }
 
     /// A partition assigned at `committed` (offset and metadata), with the segments an
     /// earlier run recorded there.
-    pub(crate) fn assign(
+    fn assign_one(
         &mut self,
         partition: i32,
         epoch: u64,
@@ -123,94 +192,6 @@ impl Manager {
             partition,
             PartitionTrack::assigned(epoch, committed, recorded),
         );
-    }
-
-    /// Abandons everything of `partition`: uploads stop, nothing more is committed for it.
-    pub(crate) fn revoke(&mut self, partition: i32) {
-        self.tracker.partitions.remove(&partition);
-        let ids: Vec<u64> = self
-            .files
-            .iter()
-            .filter(|(_, f)| f.partition == partition)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.abandon_file(id);
-        }
-    }
-
-    pub(crate) fn on_event(&mut self, ev: Event) {
-        match ev {
-            Event::Part {
-                partition,
-                epoch,
-                file_id,
-                key,
-                table,
-                first,
-                body,
-                budget,
-            } => {
-                if self.tracker.current(partition, epoch).is_none() {
-                    return;
-                }
-                let f = self.file(FileId {
-                    id: file_id,
-                    partition,
-                    epoch,
-                    table,
-                    key,
-                    first,
-                });
-                let _ = f.tx.send(FileMsg::Part(body, budget));
-            }
-            Event::Sealed(seg) => self.sealed(seg),
-            Event::Progress {
-                partition,
-                epoch,
-                next_offset,
-                open,
-            } => {
-                if let Some(p) = self.tracker.current(partition, epoch) {
-                    p.next_offset = Some(p.next_offset.map_or(next_offset, |n| n.max(next_offset)));
-                    p.open = open;
-                }
-            }
-            Event::Dlq {
-                partition,
-                epoch,
-                letter,
-            } => {
-                if let Some(p) = self.tracker.current(partition, epoch) {
-                    p.dlq.push(letter);
-                }
-            }
-            Event::Abandoned {
-                partition,
-                epoch,
-                file_ids,
-            } => {
-                if self.tracker.current(partition, epoch).is_some() {
-                    for id in file_ids {
-                        self.abandon_file(id);
-                    }
-                }
-            }
-            Event::Drained => self.drained = true,
-        }
-    }
-
-    /// Stops a file's upload and aborts its multipart upload, if any.
-    fn abandon_file(&mut self, id: u64) {
-        let Some(f) = self.files.remove(&id) else {
-            return;
-        };
-        f.task.abort();
-        let mp = f.multipart.lock().expect("multipart lock").take();
-        if let Some(mp) = mp {
-            let ctx = self.ctx.clone();
-            tokio::spawn(async move { abort_upload(&ctx, &f.key, &mp).await });
-        }
     }
 
     fn sealed(&mut self, seg: SealedSegment) {
@@ -250,7 +231,7 @@ impl Manager {
         let mut pending = Vec::new();
         for f in files {
             pending.push(f.file_id);
-            let track = self.file(FileId {
+            let track = self.uploads.file(FileId {
                 id: f.file_id,
                 partition,
                 epoch,
@@ -278,7 +259,7 @@ impl Manager {
                 start,
                 self.ext,
             );
-            let track = self.file(FileId {
+            let track = self.uploads.file(FileId {
                 id,
                 partition,
                 epoch,
@@ -296,26 +277,135 @@ impl Manager {
             s.pending.extend(pending);
         }
     }
+}
 
-    fn file(&mut self, file: FileId) -> &FileTrack {
-        let ctx = self.ctx.clone();
-        self.files.entry(file.id).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let multipart = Arc::new(Mutex::new(None));
-            let (partition, key) = (file.partition, file.key.clone());
-            let task = tokio::spawn(run_file(ctx, file, rx, multipart.clone()));
-            FileTrack {
-                partition,
-                key,
-                tx,
-                task,
-                multipart,
-            }
-        })
+impl Committer for Manager {
+    fn assign(&mut self, assigned: Vec<Assigned>) -> anyhow::Result<Vec<Cmd>> {
+        let mut cmds = Vec::new();
+        for a in assigned {
+            let recorded = match a.committed {
+                Some(o) => seal::decode(o, &a.metadata).unwrap_or_else(|e| {
+                    error!(partition = a.partition, error = %e, "The offset metadata is unreadable: replaying without recorded boundaries.");
+                    Vec::new()
+                }),
+                None => Vec::new(),
+            };
+            info!(partition = a.partition, committed = ?a.committed, recorded = recorded.len(), "Partition assigned.");
+            let replay = recorded
+                .iter()
+                .map(|r| Replay {
+                    start: r.start,
+                    end: r.end,
+                    versions: r.versions,
+                })
+                .collect();
+            self.assign_one(
+                a.partition,
+                a.epoch,
+                a.committed.map(|o| (o, a.metadata)),
+                &recorded,
+            );
+            cmds.push(Cmd::Assign {
+                partition: a.partition,
+                epoch: a.epoch,
+                replay,
+            });
+        }
+        Ok(cmds)
     }
 
-    pub(crate) fn on_done(&mut self, done: FileDone) {
-        self.files.remove(&done.file_id);
+    fn revoke(&mut self, partition: i32) {
+        self.tracker.partitions.remove(&partition);
+        self.uploads.abandon_partition(partition);
+    }
+
+    fn done_rx(&mut self) -> &mut mpsc::UnboundedReceiver<FileDone> {
+        &mut self.uploads.done_rx
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn flush_before_commit(&self) -> bool {
+        false
+    }
+
+    fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
+    fn drained(&self) -> bool {
+        self.drained
+    }
+
+    fn files_uploaded(&self) -> u64 {
+        self.files_uploaded
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Part {
+                partition,
+                epoch,
+                file_id,
+                key,
+                table,
+                first,
+                body,
+                budget,
+            } => {
+                if self.tracker.current(partition, epoch).is_none() {
+                    return;
+                }
+                let f = self.uploads.file(FileId {
+                    id: file_id,
+                    partition,
+                    epoch,
+                    table,
+                    key,
+                    first,
+                });
+                let _ = f.tx.send(FileMsg::Part(body, budget));
+            }
+            Event::Sealed(seg) => self.sealed(seg),
+            Event::Progress {
+                partition,
+                epoch,
+                next_offset,
+                open,
+            } => {
+                if let Some(p) = self.tracker.current(partition, epoch) {
+                    p.next_offset = Some(p.next_offset.map_or(next_offset, |n| n.max(next_offset)));
+                    p.open = open;
+                }
+            }
+            Event::Dlq {
+                partition,
+                epoch,
+                letter,
+            } => {
+                if let Some(p) = self.tracker.current(partition, epoch) {
+                    p.dlq.push(letter);
+                }
+            }
+            Event::Abandoned {
+                partition,
+                epoch,
+                file_ids,
+            } => {
+                if self.tracker.current(partition, epoch).is_some() {
+                    for id in file_ids {
+                        self.uploads.abandon(id);
+                    }
+                }
+            }
+            Event::Drained => self.drained = true,
+        }
+    }
+
+    fn on_done(&mut self, done: FileDone) {
+        self.uploads.finished(done.file_id);
         let Some(p) = self.tracker.current(done.partition, done.epoch) else {
             return;
         };
@@ -344,12 +434,7 @@ impl Manager {
     /// every record received for it (`forwarded`: the offset after the last one, `None` if none
     /// came since the assignment), what lies between is transaction markers, and the committed
     /// offset may move past them (to the end of the topic, when that is where it stands).
-    pub(crate) fn advance_to_position(
-        &mut self,
-        partition: i32,
-        position: i64,
-        forwarded: Option<i64>,
-    ) {
+    fn advance_to_position(&mut self, partition: i32, position: i64, forwarded: Option<i64>) {
         let Some(p) = self.tracker.partitions.get_mut(&partition) else {
             return;
         };
@@ -362,7 +447,7 @@ impl Manager {
     }
 
     /// Nothing in flight and everything committed (the end of a drain).
-    pub(crate) fn quiescent(&self) -> bool {
+    fn quiescent(&self) -> bool {
         self.tracker.partitions.values().all(|p| {
             p.segments.iter().all(|s| s.durable() || s.replay)
                 && p.wanted().is_none_or(|w| p.holds(&w))
@@ -371,7 +456,7 @@ impl Manager {
 
     /// Whether a closed segment waits for its boundaries to be recorded (its objects stay
     /// invisible until a commit does it): the loop commits at once rather than at the interval.
-    pub(crate) fn needs_record(&self) -> bool {
+    fn commit_now(&self) -> bool {
         self.tracker
             .partitions
             .values()
@@ -379,7 +464,7 @@ impl Manager {
     }
 
     /// Age in seconds of the oldest record whose rows are not yet durable in S3.
-    pub(crate) fn oldest_pending_age(&self) -> f64 {
+    fn oldest_pending_age(&self) -> f64 {
         let now = chrono::Utc::now().timestamp_millis();
         let oldest = self
             .tracker
@@ -400,7 +485,7 @@ impl Manager {
     /// meanwhile. `group` is the consumer's group metadata now (taken on the loop's thread, so
     /// it belongs to the current assignment). `None` when there is nothing to commit. One
     /// commit runs at a time (the producer has one transaction open at most).
-    pub(crate) fn start_commit(&mut self, group: ConsumerGroupMetadata) -> Option<RunningCommit> {
+    fn start_commit(&mut self, group: ConsumerGroupMetadata) -> Option<RunningCommit> {
         let mut partitions = Vec::new();
         let mut letters = Vec::new();
         for (part, p) in self.tracker.partitions.iter_mut() {
@@ -432,18 +517,18 @@ impl Manager {
         let committer = self.committer.clone();
         let p = plan.clone();
         let task = tokio::task::spawn_blocking(move || committer.commit(&p));
-        Some(RunningCommit { plan, task })
+        Some(RunningCommit::new(plan, task))
     }
 
     /// Applies the outcome of a commit started by [`Manager::start_commit`], to the partitions
     /// it committed that are still assigned in the same epoch (a partition revoked meanwhile
     /// was handed over after the commit: the revoke waited for it).
-    pub(crate) fn finish_commit(
+    fn finish_commit(
         &mut self,
         running: RunningCommit,
-        result: Result<Result<Vec<i32>, CommitError>, tokio::task::JoinError>,
+        result: CommitResult,
     ) -> Result<(), CommitError> {
-        let plan = running.plan;
+        let plan = running.plan::<CommitPlan>();
         match result.expect("commit task panicked") {
             Ok(committed) => {
                 for pp in plan
@@ -485,7 +570,7 @@ impl Manager {
     }
 
     /// `partition → committed offset` for the progress line.
-    pub(crate) fn committed_summary(&self) -> String {
+    fn committed_summary(&self) -> String {
         let mut v: Vec<_> = self
             .tracker
             .partitions
@@ -500,7 +585,7 @@ impl Manager {
     }
 
     /// Logs the partitions' state (at the end of a drain that timed out).
-    pub(crate) fn log_unfinished(&self) {
+    fn log_unfinished(&self) {
         for (p, t) in &self.tracker.partitions {
             let waiting: Vec<(i64, i64, bool, usize)> = t
                 .segments

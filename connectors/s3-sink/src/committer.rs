@@ -47,12 +47,13 @@ impl std::fmt::Debug for CommitPlan {
 
 /// A commit that did not happen. Only `fatal` ones stop the sink.
 #[derive(Debug, thiserror::Error)]
-#[error("committing offsets of `{topic}`: {source}")]
+#[error("committing {what}: {source}")]
 pub(crate) struct CommitError {
-    pub(crate) topic: String,
+    /// What was being committed (``offsets of `form.enriched` ``, ``Iceberg table `form_etl.form` ``).
+    pub(crate) what: String,
     pub(crate) fatal: bool,
     #[source]
-    pub(crate) source: TxnError,
+    pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// Commits offsets, metadata and dead letters in one Kafka transaction.
@@ -77,6 +78,12 @@ impl KafkaCommitter {
     /// the partitions committed: those revoked since the plan was made are left out.
     pub(crate) fn commit(&self, plan: &CommitPlan) -> Result<Vec<i32>, CommitError> {
         let _lock = self.txn.lock();
+        self.commit_held(plan)
+    }
+
+    /// [`KafkaCommitter::commit`] for a caller that holds the transaction's lock (see
+    /// [`KafkaCommitter::lock`]).
+    pub(crate) fn commit_held(&self, plan: &CommitPlan) -> Result<Vec<i32>, CommitError> {
         let owned: Vec<&PlannedPartition> = plan
             .partitions
             .iter()
@@ -86,9 +93,9 @@ impl KafkaCommitter {
             return Ok(Vec::new());
         }
         let err = |source: TxnError| CommitError {
-            topic: self.topic.clone(),
+            what: format!("offsets of `{}`", self.topic),
             fatal: matches!(source, TxnError::Fatal(_)),
-            source,
+            source: Box::new(source),
         };
         self.txn.begin().map_err(err)?;
         for (partition, epoch, l) in &plan.letters {
@@ -113,6 +120,12 @@ impl KafkaCommitter {
         }
         self.txn.commit_locked(&tpl, &plan.group).map_err(err)?;
         Ok(owned.iter().map(|p| p.partition).collect())
+    }
+
+    /// The transaction's lock: a revoke waits for whoever holds it (so a partition is not
+    /// handed over in the middle of a commit).
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.txn.lock()
     }
 
     /// Sends one dead letter; one too large for the producer goes without its value, with a

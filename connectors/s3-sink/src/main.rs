@@ -6,7 +6,10 @@ mod commit;
 mod committer;
 mod config;
 mod format;
+mod iceberg_committer;
 mod keys;
+mod lake;
+mod maintain;
 mod parquet_file;
 mod pipeline;
 mod rolling;
@@ -70,6 +73,10 @@ enum Command {
     /// there: filter with `--connector`.
     #[command(subcommand)]
     Dlq(connector_common::redrive::DlqCommand),
+    /// Upkeep of the Iceberg tables (`output.type: iceberg`): expire snapshots, delete orphan
+    /// files.
+    #[command(subcommand)]
+    Iceberg(maintain::IcebergCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,13 +86,24 @@ fn main() -> anyhow::Result<()> {
     // config's own check runs without it and this function says OK only once they load.
     let check = std::mem::take(&mut args.common.check_config);
     let cfg: SinkConfig = args.common.load_config_or_exit(DEFAULT_CONFIG);
-    if let Some(Command::Dlq(cmd)) = args.command {
-        telemetry::init_logging(args.common.log_format);
-        return connector_common::redrive::run_command(
-            &cmd,
-            &cfg.kafka.client_config(),
-            &cfg.dlq.topic,
-        );
+    match &args.command {
+        Some(Command::Dlq(cmd)) => {
+            telemetry::init_logging(args.common.log_format);
+            return connector_common::redrive::run_command(
+                cmd,
+                &cfg.kafka.client_config(),
+                &cfg.dlq.topic,
+            );
+        }
+        Some(Command::Iceberg(cmd)) => {
+            telemetry::init_logging(args.common.log_format);
+            return tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(maintain::run(&cfg, cmd, &args.common.state_dir));
+        }
+        None => {}
     }
     if check {
         let path = args
@@ -124,8 +142,9 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(cfg, args.common));
     // Fenced by the cluster (a static member fenced by its own group.instance.id after its
     // coordinator restarted: apache/kafka#23542): new clients resume, in this same process.
+    // Or it must resume from elsewhere than it started (`sink::Restart`).
     if let Err(e) = &result
-        && connector_common::kafka::is_fenced(e)
+        && (connector_common::kafka::is_fenced(e) || e.downcast_ref::<sink::Restart>().is_some())
     {
         connector_common::kafka::reexec_after_fencing(e);
     }
@@ -163,6 +182,7 @@ async fn run(cfg: SinkConfig, args: CommonArgs) -> anyhow::Result<()> {
     let opts = sink::RunOptions {
         max_records: args.max_records,
         instance_id: instance.id.clone(),
+        state_dir: args.state_dir.clone(),
     };
     let res = sink::run(cfg, opts, transform, shutdown.clone(), health, progress).await;
     shutdown.trigger();

@@ -70,9 +70,18 @@ pub(crate) enum Cmd {
     Revoke {
         partition: i32,
     },
+    /// Rows of `partition`'s records below `offsets[table]` are dropped: they are in that
+    /// table already (an Iceberg table's committed offsets; the two tables commit one after the
+    /// other, so after a crash one may be ahead). The records still run, for their dead letters.
+    SkipBelow {
+        partition: i32,
+        offsets: [i64; 2],
+    },
     Batch(Vec<InRecord>),
     /// Wall-clock tick: idle flushes.
     Tick,
+    /// Close every open segment now (an Iceberg commit is due: only closed files commit).
+    Flush,
     /// Close every open segment (shutdown, `--max-records`), then answer [`Event::Drained`].
     Drain,
 }
@@ -120,6 +129,8 @@ pub(crate) struct SealedFile {
     pub(crate) table: Table,
     /// Its event day (days since 1970-01-01).
     pub(crate) day: i64,
+    /// Its rows.
+    pub(crate) rows: u64,
     pub(crate) file: FinishedFile,
     pub(crate) budget: BudgetGuard,
 }
@@ -255,6 +266,31 @@ pub(crate) struct PipelineSettings {
     pub(crate) part_size: usize,
     /// The files' format.
     pub(crate) format: Arc<dyn FileFormat>,
+    /// Where the files go when they are an Iceberg table's data files (else `keys.rs`).
+    pub(crate) data_keys: Option<DataKeys>,
+}
+
+/// Keys of Iceberg data files: `{table's data prefix}/day={YYYY-MM-DD}/{partition}-{first
+/// offset}-{run}.parquet` (short: S3 servers limit keys, and the local one more than most). A
+/// file is invisible until a snapshot references it, so nothing depends on a replay rewriting
+/// the same key: `run` (random per process) keeps a replay from overwriting a file an earlier
+/// run may have committed.
+#[derive(Debug, Clone)]
+pub(crate) struct DataKeys {
+    /// By table: the key prefix of its data files in the bucket.
+    pub(crate) tables: [String; 2],
+    pub(crate) run: String,
+}
+
+impl DataKeys {
+    pub(crate) fn key(&self, table: Table, day: i64, partition: i32, start: i64) -> String {
+        format!(
+            "{}/day={}/{partition}-{start}-{}.parquet",
+            self.tables[table as usize].trim_end_matches('/'),
+            form_model::day_to_date(day),
+            self.run
+        )
+    }
 }
 
 struct OpenFile {
@@ -283,6 +319,8 @@ struct PartitionState {
     replay: VecDeque<Replay>,
     segment: Option<Segment>,
     last_record: Instant,
+    /// See [`Cmd::SkipBelow`].
+    skip_below: [i64; 2],
 }
 
 impl PartitionState {
@@ -408,6 +446,7 @@ impl Pipeline {
                         replay: replay.into_iter().collect(),
                         segment: None,
                         last_record: Instant::now(),
+                        skip_below: [i64::MIN; 2],
                     },
                 );
             }
@@ -423,7 +462,26 @@ impl Pipeline {
                     );
                 }
             }
+            Cmd::SkipBelow { partition, offsets } => {
+                if let Some(ps) = self.partitions.get_mut(&partition) {
+                    ps.skip_below = offsets;
+                }
+            }
             Cmd::Batch(records) => return self.batch(records),
+            Cmd::Flush => {
+                let open: Vec<i32> = self
+                    .partitions
+                    .iter()
+                    .filter(|(_, ps)| ps.segment.is_some() && !ps.replaying())
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in open {
+                    self.roll_at_next(p, RollReason::Commit)?;
+                    if !self.progress(p) {
+                        return Ok(false);
+                    }
+                }
+            }
             Cmd::Tick => {
                 self.apply_pending_modules();
                 let generation = self.transform.generation();
@@ -699,6 +757,22 @@ impl Pipeline {
         digests: &[(String, String)],
     ) -> anyhow::Result<()> {
         let p = rec.partition;
+        let skip = self.partitions[&p].skip_below;
+        let kept_rows;
+        let rows = if skip.iter().any(|s| rec.offset < *s) {
+            kept_rows = EncodedRows {
+                bytes: rows.bytes.clone(),
+                rows: rows
+                    .rows
+                    .iter()
+                    .filter(|r| rec.offset >= skip[Table::from(r.table) as usize])
+                    .cloned()
+                    .collect(),
+            };
+            &kept_rows
+        } else {
+            rows
+        };
         // Recorded ends at or before this record close their replayed segments first.
         while let Some(r) = self.partitions[&p].replay.front().copied()
             && rec.offset >= r.end
@@ -747,15 +821,18 @@ impl Pipeline {
                 let file = seg.files.entry((table, row.day)).or_insert_with(|| {
                     let id = self.next_file_id;
                     self.next_file_id += 1;
-                    let key = object_key(
-                        &self.settings.prefix,
-                        table.as_str(),
-                        &form_model::day_to_date(row.day),
-                        &self.settings.topic,
-                        p,
-                        seg.start,
-                        self.settings.format.extension(),
-                    );
+                    let key = match &self.settings.data_keys {
+                        Some(k) => k.key(table, row.day, p, seg.start),
+                        None => object_key(
+                            &self.settings.prefix,
+                            table.as_str(),
+                            &form_model::day_to_date(row.day),
+                            &self.settings.topic,
+                            p,
+                            seg.start,
+                            self.settings.format.extension(),
+                        ),
+                    };
                     let ts = seg.schemas.get(table.into()).clone();
                     let enc = self.settings.format.open(ts, part_size);
                     OpenFile {
@@ -894,6 +971,7 @@ impl Pipeline {
                 ("form_etl.source.end_offset".to_owned(), end.to_string()),
                 ("form_etl.transforms".to_owned(), transforms.clone()),
             ];
+            let rows = f.enc.rows();
             let file = f.enc.finish(&meta)?;
             let budget = self.inflight.acquire(file.head.len() + file.tail.len());
             files.push(SealedFile {
@@ -901,6 +979,7 @@ impl Pipeline {
                 key: f.key,
                 table: f.table,
                 day: f.day,
+                rows,
                 file,
                 budget,
             });
@@ -1041,6 +1120,7 @@ mod tests {
             idle_flush: Duration::from_secs(3600),
             open_budget: usize::MAX,
             part_size: 5 << 20,
+            data_keys: None,
             format: Arc::new(crate::avro::AvroFormat {
                 codec: apache_avro::Codec::Null,
             }),

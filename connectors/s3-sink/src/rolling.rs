@@ -34,6 +34,8 @@ pub(crate) enum RollReason {
     /// A changed transform module was swapped in, so every file's `form_etl.transforms`
     /// digests hold for all its rows.
     TransformSwap,
+    /// An Iceberg commit is due (`iceberg.commit-interval`): only closed files commit.
+    Commit,
 }
 
 impl RollReason {
@@ -49,6 +51,7 @@ impl RollReason {
             RollReason::Memory => "memory",
             RollReason::Drain => "drain",
             RollReason::TransformSwap => "transform_swap",
+            RollReason::Commit => "commit",
         }
     }
 }

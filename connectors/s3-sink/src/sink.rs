@@ -19,16 +19,19 @@ use rdkafka::message::Message;
 use rdkafka::producer::ThreadedProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::commit::{Manager, RunningCommit};
-use crate::committer::{CommitError, KafkaCommitter, TRANSACTION_TIMEOUT};
-use crate::config::SinkConfig;
-use crate::pipeline::{Cmd, InFlightBudget, InRecord, Pipeline, PipelineSettings, Replay};
+use crate::commit::{Assigned, CommitResult, Committer, Manager, RunningCommit};
+use crate::committer::{CommitPlan, KafkaCommitter, PlannedPartition, TRANSACTION_TIMEOUT};
+use crate::config::{OutputConfig, SinkConfig};
+use crate::iceberg_committer::{GroupAhead, IcebergCommitter};
+use crate::lake::Lake;
+use crate::pipeline::{Cmd, DataKeys, InFlightBudget, InRecord, Pipeline, PipelineSettings};
 use crate::schemas::{Evolver, Registry};
-use crate::seal;
+use crate::tables::Table;
+use crate::tracker::Wanted;
 use crate::transform::Transform;
-use crate::uploads::{Fence, UploadCtx};
+use crate::uploads::{Fence, UploadCtx, Uploads};
 
 /// Records handed to the pipeline in one command (amortises the SmartModule call).
 const BATCH_MAX: usize = 1000;
@@ -155,6 +158,8 @@ pub(crate) struct RunOptions {
     pub(crate) max_records: Option<u64>,
     /// This instance's stable id (`connector_common::instance`).
     pub(crate) instance_id: String,
+    /// `--state-dir` (the embedded Iceberg catalog lives there).
+    pub(crate) state_dir: std::path::PathBuf,
 }
 
 /// Counters shared with the progress line.
@@ -187,6 +192,27 @@ pub(crate) async fn run(
     let evolver = Evolver::open(registry, cfg.schema.policy())
         .await
         .context("loading the tables' schema versions")?;
+    // Iceberg: the catalog and the tables before Kafka too.
+    let lake = match &cfg.output {
+        OutputConfig::Iceberg(ic) => {
+            let catalog = crate::lake::open_catalog(ic, &cfg.s3, &opts.state_dir).await?;
+            let current = evolver.current();
+            let lake = Lake::open(
+                catalog,
+                ic,
+                [
+                    current.get(Table::Form.into()).clone(),
+                    current.get(Table::FormField.into()).clone(),
+                ],
+                i32::from(cfg.s3.zstd_level.0),
+                cfg.group(),
+                &topic,
+            )
+            .await?;
+            Some((Arc::new(lake), ic.commit_interval))
+        }
+        OutputConfig::Files { .. } => None,
+    };
 
     let mut pc = cfg.kafka.client_config();
     let transactional_id = cfg.transactional_id(&opts.instance_id);
@@ -271,7 +297,14 @@ pub(crate) async fn run(
         idle_flush: cfg.s3.idle_flush,
         open_budget,
         part_size: cfg.s3.part_size.as_u64() as usize,
-        format: cfg.file_format(),
+        format: match &lake {
+            Some((l, _)) => l.format(),
+            None => cfg.file_format(),
+        },
+        data_keys: lake.as_ref().map(|(l, _)| DataKeys {
+            tables: l.data_prefixes(),
+            run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+        }),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(CMD_CAPACITY);
     let (ev_tx, mut ev_rx) = mpsc::channel(EVENT_CAPACITY);
@@ -282,20 +315,39 @@ pub(crate) async fn run(
         .context("starting the pipeline thread")?;
 
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let store = match &lake {
+        // The tables' bucket (a REST catalog's warehouse may be another than `s3.bucket`).
+        Some((l, _)) if l.bucket != cfg.s3.bucket => {
+            let mut s3 = cfg.s3.clone();
+            s3.bucket = l.bucket.clone();
+            s3.store().await
+        }
+        _ => store,
+    };
     let ctx = Arc::new(UploadCtx {
         store,
         retry: cfg.s3.retry.clone(),
         fence: fence.clone(),
         done: done_tx,
     });
-    let mut manager = Manager::new(
-        ctx,
-        done_rx,
-        committer.clone(),
-        topic.clone(),
-        cfg.s3.prefix.clone(),
-        cfg.file_format().extension(),
-    );
+    let mut manager: Box<dyn Committer> = match lake {
+        Some((lake, interval)) => Box::new(IcebergCommitter::new(
+            lake,
+            committer.clone(),
+            fence.clone(),
+            Uploads::new(ctx, done_rx),
+            interval,
+        )),
+        None => Box::new(Manager::new(
+            ctx,
+            done_rx,
+            committer.clone(),
+            topic.clone(),
+            cfg.s3.prefix.clone(),
+            cfg.file_format().extension(),
+            cfg.commit.interval,
+        )),
+    };
     let mut pending: VecDeque<Cmd> = VecDeque::new();
     let mut forwarded = 0u64;
     // Per partition, the offset after the last record handed to the pipeline.
@@ -308,13 +360,17 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_commit = Instant::now();
+    // A flush (Iceberg: close the open files) was asked for this interval's commit.
+    let mut flushed = false;
     // The commit running on a blocking thread, if any: the loop keeps consuming meanwhile.
     let mut running: Option<RunningCommit> = None;
     let mut last_idle_tick = Instant::now();
     health.set_ready(true);
     info!(%topic, group = cfg.group(), %transactional_id, group_instance_id = %cfg.group_instance_id(&opts.instance_id), "Sink running.");
 
-    let rebalance = |pending: &mut VecDeque<Cmd>, manager: &mut Manager| -> anyhow::Result<()> {
+    let rebalance = |pending: &mut VecDeque<Cmd>,
+                     manager: &mut dyn Committer|
+     -> anyhow::Result<()> {
         let events: Vec<RebalanceEvent> =
             std::mem::take(&mut *consumer.context().events.lock().expect("rebalance lock"));
         for ev in events {
@@ -330,33 +386,36 @@ pub(crate) async fn run(
                 RebalanceEvent::Assign(ps) => {
                     metrics::counter!("s3_sink_rebalances_total", "kind" => "assign").increment(1);
                     let committed = committed_offsets(&consumer, &topic, &ps)?;
-                    for (p, epoch) in ps {
-                        let (offset, metadata) = committed
-                            .iter()
-                            .find(|c| c.0 == p)
-                            .map(|c| (c.1, c.2.clone()))
-                            .unwrap_or((None, String::new()));
-                        let recorded = match offset {
-                            Some(o) => seal::decode(o, &metadata).unwrap_or_else(|e| {
-                                error!(partition = p, error = %e, "The offset metadata is unreadable: replaying without recorded boundaries.");
-                                Vec::new()
-                            }),
-                            None => Vec::new(),
-                        };
-                        info!(partition = p, committed = ?offset, recorded = recorded.len(), "Partition assigned.");
-                        manager.assign(p, epoch, offset.map(|o| (o, metadata)), &recorded);
-                        pending.push_back(Cmd::Assign {
-                            partition: p,
-                            epoch,
-                            replay: recorded
+                    let assigned: Vec<Assigned> = ps
+                        .into_iter()
+                        .map(|(partition, epoch)| {
+                            let (committed, metadata) = committed
                                 .iter()
-                                .map(|r| Replay {
-                                    start: r.start,
-                                    end: r.end,
-                                    versions: r.versions,
-                                })
-                                .collect(),
-                        });
+                                .find(|c| c.0 == partition)
+                                .map(|c| (c.1, c.2.clone()))
+                                .unwrap_or((None, String::new()));
+                            Assigned {
+                                partition,
+                                epoch,
+                                committed,
+                                metadata,
+                            }
+                        })
+                        .collect();
+                    let epochs: Vec<(i32, u64)> =
+                        assigned.iter().map(|a| (a.partition, a.epoch)).collect();
+                    match manager.assign(assigned) {
+                        Ok(cmds) => pending.extend(cmds),
+                        Err(e) => match e.downcast::<GroupAhead>() {
+                            Ok(ahead) => {
+                                rewind_group(&consumer, &committer, &topic, &epochs, &ahead)?;
+                                return Err(Restart(format!(
+                                    "{ahead}; the group's offsets were rewound to the tables'"
+                                ))
+                                .into());
+                            }
+                            Err(e) => return Err(e),
+                        },
                     }
                 }
             }
@@ -365,7 +424,7 @@ pub(crate) async fn run(
     };
 
     let result: anyhow::Result<()> = loop {
-        if let Some(failure) = manager.failure.take() {
+        if let Some(failure) = manager.take_failure() {
             health.set_problem(Some(format!("S3: {failure}")));
             break Err(anyhow::anyhow!(
                 "an upload failed for good: {failure}; stopping without committing its range (the next run replays it)"
@@ -394,12 +453,12 @@ pub(crate) async fn run(
             biased;
             Some(ev) = ev_rx.recv() => {
                 manager.on_event(ev);
-                if running.is_none() && manager.needs_record() {
-                    running = start_commit(&mut manager, &consumer);
+                if running.is_none() && manager.commit_now() {
+                    running = start_commit(manager.as_mut(), &consumer);
                     last_commit = Instant::now();
                 }
             }
-            Some(done) = manager.done_rx.recv() => manager.on_done(done),
+            Some(done) = manager.done_rx().recv() => manager.on_done(done),
             result = commit_result(&mut running) => {
                 let finished = running.take().expect("a commit was running");
                 if let Err(e) = manager.finish_commit(finished, result) {
@@ -417,7 +476,7 @@ pub(crate) async fn run(
                 info!("Draining: closing open files, uploading, committing.");
                 draining = true;
                 drain_deadline = Some(tokio::time::Instant::now() + cfg.commit.drain_timeout);
-                if let Err(e) = rebalance(&mut pending, &mut manager) { break Err(e); }
+                if let Err(e) = rebalance(&mut pending, manager.as_mut()) { break Err(e); }
                 pending.push_back(Cmd::Drain);
             }
             _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {
@@ -428,7 +487,7 @@ pub(crate) async fn run(
                 ));
             }
             _ = tick.tick() => {
-                if let Err(e) = rebalance(&mut pending, &mut manager) { break Err(e); }
+                if let Err(e) = rebalance(&mut pending, manager.as_mut()) { break Err(e); }
                 if !draining && pending.is_empty() && last_idle_tick.elapsed() >= Duration::from_secs(1) {
                     pending.push_back(Cmd::Tick);
                     last_idle_tick = Instant::now();
@@ -442,13 +501,20 @@ pub(crate) async fn run(
                         }
                     }
                 }
-                if running.is_none() && (manager.needs_record() || last_commit.elapsed() >= cfg.commit.interval || draining) {
-                    running = start_commit(&mut manager, &consumer);
+                let due = last_commit.elapsed() >= manager.interval();
+                if due && manager.flush_before_commit() && !flushed && !draining {
+                    // Only closed files commit: close them now, commit once they are durable.
+                    pending.push_back(Cmd::Flush);
+                    flushed = true;
+                }
+                if running.is_none() && (manager.commit_now() || due || draining) {
+                    running = start_commit(manager.as_mut(), &consumer);
                     last_commit = Instant::now();
+                    flushed = false;
                 }
                 metrics::gauge!("s3_sink_oldest_pending_record_age_seconds").set(manager.oldest_pending_age());
                 metrics::gauge!("s3_sink_inflight_bytes").set(inflight.used() as f64);
-                if draining && manager.drained && pending.is_empty() && running.is_none() && manager.quiescent() {
+                if draining && manager.drained() && pending.is_empty() && running.is_none() && manager.quiescent() {
                     break Ok(());
                 }
             }
@@ -479,7 +545,7 @@ pub(crate) async fn run(
                     },
                 };
                 // Rebalances seen while polling come before this record.
-                if let Err(e) = rebalance(&mut pending, &mut manager) { break Err(e); }
+                if let Err(e) = rebalance(&mut pending, manager.as_mut()) { break Err(e); }
                 let limit = opts.max_records.map_or(BATCH_MAX as u64, |m| (m - forwarded).min(BATCH_MAX as u64)) as usize;
                 let mut batch = vec![first];
                 let mut batch_bytes = batch[0].input_bytes();
@@ -495,7 +561,7 @@ pub(crate) async fn run(
                                     *e = (*e).max(r.offset + 1);
                                 }
                                 pending.push_back(Cmd::Batch(std::mem::take(&mut batch)));
-                                if let Err(e) = rebalance(&mut pending, &mut manager) {
+                                if let Err(e) = rebalance(&mut pending, manager.as_mut()) {
                                     failed = Some(e);
                                     break;
                                 }
@@ -537,7 +603,7 @@ pub(crate) async fn run(
     };
     health.set_ready(false);
     if result.is_ok() {
-        info!(committed = %manager.committed_summary(), files = manager.files_uploaded, "Drained: every file is uploaded and every offset committed.");
+        info!(committed = %manager.committed_summary(), files = manager.files_uploaded(), "Drained: every file is uploaded and every offset committed.");
     }
     drop(cmd_tx);
     let pipeline_result = if result.is_ok() {
@@ -562,9 +628,63 @@ pub(crate) async fn run(
     result.and(pipeline_result)
 }
 
+/// The sink must start again in a new process (`main` re-execs it): what it resumes from
+/// changed under it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: starting again")]
+pub(crate) struct Restart(pub(crate) String);
+
+/// Commits the group's offsets back to the Iceberg tables' (the topic's first offset where a
+/// table has nothing of a partition), so that the next start reads what the tables lack.
+fn rewind_group(
+    consumer: &StreamConsumer<SinkContext>,
+    committer: &KafkaCommitter,
+    topic: &str,
+    epochs: &[(i32, u64)],
+    ahead: &GroupAhead,
+) -> anyhow::Result<()> {
+    let group = consumer
+        .group_metadata()
+        .context("no consumer group metadata to rewind the group with")?;
+    let mut partitions = Vec::new();
+    for (p, g, table) in &ahead.0 {
+        let to = match table {
+            Some(t) => *t,
+            None => {
+                tokio::task::block_in_place(|| {
+                    consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))
+                })
+                .with_context(|| format!("reading the first offset of partition {p}"))?
+                .0
+            }
+        };
+        warn!(partition = p, group_offset = g, table_offset = ?table, rewound_to = to, "The group's offset is ahead of the Iceberg tables: rewinding it to them (the tables are the truth).");
+        let epoch = epochs
+            .iter()
+            .find(|e| e.0 == *p)
+            .map(|e| e.1)
+            .context("an assigned partition")?;
+        partitions.push(PlannedPartition {
+            partition: *p,
+            epoch,
+            wanted: Wanted {
+                offset: to,
+                chain: Vec::new(),
+            },
+        });
+    }
+    let plan = CommitPlan {
+        group,
+        partitions,
+        letters: Vec::new(),
+    };
+    tokio::task::block_in_place(|| committer.commit(&plan))?;
+    Ok(())
+}
+
 /// Starts a commit with the consumer's group metadata of now (this assignment's generation).
 fn start_commit(
-    manager: &mut Manager,
+    manager: &mut dyn Committer,
     consumer: &StreamConsumer<SinkContext>,
 ) -> Option<RunningCommit> {
     let Some(group) = consumer.group_metadata() else {
@@ -575,9 +695,7 @@ fn start_commit(
 }
 
 /// The result of the running commit; never ready when none runs.
-async fn commit_result(
-    running: &mut Option<RunningCommit>,
-) -> Result<Result<Vec<i32>, CommitError>, tokio::task::JoinError> {
+async fn commit_result(running: &mut Option<RunningCommit>) -> CommitResult {
     match running {
         Some(r) => (&mut r.task).await,
         None => std::future::pending().await,

@@ -110,6 +110,95 @@ pub(crate) struct FileId {
     pub(crate) first: i64,
 }
 
+/// The file tasks of a committer: one per file (or deletion), by file id.
+pub(crate) struct Uploads {
+    ctx: Arc<UploadCtx>,
+    files: HashMap<u64, FileTrack>,
+    /// Where the tasks report (see [`FileDone`]).
+    pub(crate) done_rx: mpsc::UnboundedReceiver<FileDone>,
+}
+
+impl std::fmt::Debug for Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploads")
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+/// One file's task.
+#[derive(Debug)]
+pub(crate) struct FileTrack {
+    partition: i32,
+    key: String,
+    pub(crate) tx: mpsc::UnboundedSender<FileMsg>,
+    task: tokio::task::JoinHandle<()>,
+    multipart: Arc<Mutex<Option<Multipart>>>,
+}
+
+impl Uploads {
+    pub(crate) fn new(ctx: Arc<UploadCtx>, done_rx: mpsc::UnboundedReceiver<FileDone>) -> Self {
+        Self {
+            ctx,
+            files: HashMap::new(),
+            done_rx,
+        }
+    }
+
+    /// The task of `file`, started if new.
+    pub(crate) fn file(&mut self, file: FileId) -> &FileTrack {
+        let ctx = self.ctx.clone();
+        self.files.entry(file.id).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let multipart = Arc::new(Mutex::new(None));
+            let (partition, key) = (file.partition, file.key.clone());
+            let task = tokio::spawn(run_file(ctx, file, rx, multipart.clone()));
+            FileTrack {
+                partition,
+                key,
+                tx,
+                task,
+                multipart,
+            }
+        })
+    }
+
+    /// A task reported its end.
+    pub(crate) fn finished(&mut self, id: u64) {
+        self.files.remove(&id);
+    }
+
+    /// Stops a file's upload and aborts its multipart upload, if any.
+    pub(crate) fn abandon(&mut self, id: u64) {
+        let Some(f) = self.files.remove(&id) else {
+            return;
+        };
+        f.task.abort();
+        let mp = f.multipart.lock().expect("multipart lock").take();
+        if let Some(mp) = mp {
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move { abort_upload(&ctx, &f.key, &mp).await });
+        }
+    }
+
+    /// Stops every upload of `partition`.
+    pub(crate) fn abandon_partition(&mut self, partition: i32) {
+        let ids: Vec<u64> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.partition == partition)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.abandon(id);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.files.len()
+    }
+}
+
 /// A failure that ends the file.
 enum Stop {
     Abandoned,

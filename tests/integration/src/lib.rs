@@ -1020,6 +1020,7 @@ mod tests {
         assert_eq!(v, 3);
     }
 }
+pub mod iceberg_support;
 pub mod private_cluster;
 pub mod sink_support;
 pub mod source_support;

@@ -174,6 +174,28 @@ pub fn committed_once(group: &str, topic: &str, partitions: i32) -> Result<Vec<i
         .collect())
 }
 
+/// `(partition, key, value)` for `n` enriched records (`{tag}-{i:06}`, 1 to 9 fields, three
+/// event days) over `partitions`; returns them and the field-row count.
+pub fn enriched_records(
+    n: usize,
+    tag: &str,
+    partitions: i32,
+) -> (Vec<(i32, String, Vec<u8>)>, usize) {
+    let mut out = Vec::with_capacity(n);
+    let mut fields = 0;
+    for i in 0..n {
+        let id = format!("{tag}-{i:06}");
+        let k = 1 + i % 9;
+        fields += k;
+        out.push((
+            (i % partitions as usize) as i32,
+            id.clone(),
+            enriched(&id, k, 1 + (i % 3) as u32, i as i64),
+        ));
+    }
+    (out, fields)
+}
+
 /// An enriched record for form `id` with `fields` fields, as kafka-source writes it.
 pub fn enriched(id: &str, fields: usize, day: u32, source_offset: i64) -> Vec<u8> {
     let fields: Vec<serde_json::Value> = (0..fields)
@@ -309,6 +331,45 @@ s3:
             .stderr(log)
             .spawn()
             .context("spawning s3-sink")
+    }
+
+    /// A second instance of this sink: same group, topic and output, its own metrics port
+    /// and `group.instance.id`, its config in `dir/{tag}/`.
+    pub fn second(&self, tag: &str) -> Result<SinkSetup> {
+        let dir = self.dir.join(tag);
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("sink.yaml");
+        let metrics_port = free_port();
+        std::fs::write(
+            &config,
+            std::fs::read_to_string(&self.config)?
+                .replace(
+                    &format!("127.0.0.1:{}", self.metrics_port),
+                    &format!("127.0.0.1:{metrics_port}"),
+                )
+                .replace(
+                    &format!("group.instance.id: {}-i", self.group),
+                    &format!("group.instance.id: {}-{tag}", self.group),
+                ),
+        )?;
+        Ok(SinkSetup {
+            dir,
+            config,
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            prefix: self.prefix.clone(),
+            bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
+            metrics_port,
+        })
+    }
+
+    /// Appends `text` to the config (e.g. an `output:` section).
+    pub fn append_config(&self, text: &str) -> Result<()> {
+        let old = std::fs::read_to_string(&self.config)?;
+        std::fs::write(&self.config, format!("{old}{text}"))?;
+        Ok(())
     }
 
     pub fn log(&self) -> String {
@@ -658,7 +719,13 @@ pub fn python_rows(
         python.display()
     );
     let mut rows = Vec::new();
-    for chunk in files.chunks(200) {
+    // Once with no files when there are none (a script that reads something else).
+    let chunks: Vec<&[PathBuf]> = if files.is_empty() {
+        vec![&[]]
+    } else {
+        files.chunks(200).collect()
+    };
+    for chunk in chunks {
         let out = Command::new(&python)
             .arg("-c")
             .arg(script)

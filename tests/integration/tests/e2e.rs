@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
+use form_etl_tests::iceberg_support::{Catalog, namespace, read_tables, snapshot_offsets};
 use form_etl_tests::sink_support::*;
 use serde_json::{Map, Value};
 
@@ -98,7 +99,7 @@ fn compare(
 /// the sink, the files it wrote (data files only), the topic, and when the run started and
 /// ended.
 async fn run_seed(
-    output: &str,
+    output: impl FnOnce(&SinkSetup) -> String,
 ) -> Result<(
     SinkSetup,
     Vec<std::path::PathBuf>,
@@ -124,7 +125,7 @@ async fn run_seed(
         "  idle-flush: 1s\n",
     )?;
     let text = std::fs::read_to_string(&sink.config)?;
-    std::fs::write(&sink.config, format!("{text}{output}"))?;
+    std::fs::write(&sink.config, format!("{text}{}", output(&sink)))?;
     let source_cfg =
         shipped_source_config(&sink.dir, &events, &enriched, &dlq, &unique("e2e-source-g"))?;
 
@@ -229,7 +230,7 @@ async fn seed_event_through_both_connectors_matches_expected_rows() -> Result<()
     if !cluster_available("golden e2e") {
         return Ok(());
     }
-    let (sink, files, enriched, started, ended) = run_seed("").await?;
+    let (sink, files, enriched, started, ended) = run_seed(|_| String::new()).await?;
     check_names(&sink, &files, &enriched, "avro");
     let rows = read_with_fastavro(&files)?;
     check_rows(&rows, started, ended)?;
@@ -251,7 +252,7 @@ async fn seed_event_as_parquet_matches_expected_rows_in_pyarrow_and_duckdb() -> 
         return Ok(());
     }
     let (sink, files, enriched, started, ended) =
-        run_seed("output: {type: files, format: parquet}\n").await?;
+        run_seed(|_| "output: {type: files, format: parquet}\n".to_owned()).await?;
     check_names(&sink, &files, &enriched, "parquet");
     let rows = read_parquet_with_pyarrow(&files)?;
     check_rows(&rows, started, ended)?;
@@ -264,4 +265,66 @@ async fn seed_event_as_parquet_matches_expected_rows_in_pyarrow_and_duckdb() -> 
     let rows = read_parquet_with_duckdb(&files)?;
     check_rows(&rows, started, ended)?;
     Ok(())
+}
+
+/// `output: iceberg`: the seed through both connectors into Iceberg tables of `catalog`; both
+/// tables read back by pyiceberg and by DuckDB's `iceberg_scan` equal the expected rows, and the
+/// newest snapshot of each holds the topic's offsets.
+async fn seed_through_iceberg(catalog: impl FnOnce(&SinkSetup) -> Catalog) -> Result<()> {
+    let namespace = namespace();
+    let mut cat = None;
+    let (sink, _files, enriched, started, ended) = run_seed(|s| {
+        let c = catalog(s);
+        let out = c.output(&namespace, "  commit-interval: 1s\n");
+        cat = Some(c);
+        out
+    })
+    .await?;
+    let cat = cat.expect("the catalog");
+    let t = read_tables(&cat, &namespace, serde_json::json!({"rows": true}))?;
+    for (table, reader) in [
+        ("form", "rows"),
+        ("form", "duckdb_rows"),
+        ("form_field", "rows"),
+        ("form_field", "duckdb_rows"),
+    ] {
+        let rows = t[table][reader].as_array().cloned().unwrap_or_default();
+        eprintln!("{table} by {reader}: {} rows", rows.len());
+        compare(table, &rows, &expected(table)?, started, ended);
+    }
+    for table in ["form", "form_field"] {
+        let tt = &t[table];
+        assert_eq!(tt["format_version"], 2, "{table}: format version");
+        let spec = tt["partition_spec"].to_string();
+        assert!(spec.contains("day"), "{table}: partitioned by day: {spec}");
+        let offsets = snapshot_offsets(tt, &sink.group, &enriched).unwrap_or_else(|| {
+            panic!(
+                "{table}: no offsets in the newest snapshot: {}",
+                tt["snapshots"]
+            )
+        });
+        let total: i64 = offsets.iter().map(|o| o.1).sum();
+        assert!(total >= 1, "{table}: offsets {offsets:?}");
+        assert!(
+            tt["snapshots"][0]["summary"]["form-etl.commit-id"].is_string(),
+            "{table}: commit id"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_event_into_iceberg_on_the_sql_catalog_matches_expected_rows() -> Result<()> {
+    if !cluster_available("golden e2e iceberg sql") {
+        return Ok(());
+    }
+    seed_through_iceberg(|s| Catalog::sql(&s.dir, &s.bucket)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_event_into_iceberg_on_the_rest_catalog_matches_expected_rows() -> Result<()> {
+    if !cluster_available("golden e2e iceberg rest") {
+        return Ok(());
+    }
+    seed_through_iceberg(|_| Catalog::rest()).await
 }

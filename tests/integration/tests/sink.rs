@@ -17,19 +17,7 @@ const PARTITIONS: i32 = 3;
 
 /// `(partition, key, value)` for `n` enriched records; returns them and the field-row count.
 fn records(n: usize, tag: &str) -> (Vec<(i32, String, Vec<u8>)>, usize) {
-    let mut out = Vec::with_capacity(n);
-    let mut fields = 0;
-    for i in 0..n {
-        let id = format!("{tag}-{i:06}");
-        let k = 1 + i % 9;
-        fields += k;
-        out.push((
-            (i % PARTITIONS as usize) as i32,
-            id.clone(),
-            enriched(&id, k, 1 + (i % 3) as u32, i as i64),
-        ));
-    }
-    (out, fields)
+    enriched_records(n, tag, PARTITIONS)
 }
 
 /// Rows of every object of the run, read with apache-avro (Rust) — and counted again with
