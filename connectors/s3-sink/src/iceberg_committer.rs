@@ -510,7 +510,10 @@ impl Committer for IcebergCommitter {
                     })
                     .collect();
                 match handle.block_on(lake.commit(t, &ranges, &p.commit_id)) {
-                    Ok(landed) => p.landed.lock().expect("landed lock")[t as usize] = landed,
+                    Ok(landed) => {
+                        p.landed.lock().expect("landed lock")[t as usize] = landed;
+                        crash_point(t);
+                    }
                     Err(e) => {
                         return Err(CommitError {
                             what: format!("Iceberg table `{}`", lake.ident(t)),
@@ -619,5 +622,18 @@ impl Committer for IcebergCommitter {
 
     fn files_uploaded(&self) -> u64 {
         self.files_uploaded
+    }
+}
+
+/// For the tests of the windows between one commit and the next: with
+/// `FORM_ETL_CRASH_AFTER_COMMIT={table}` the process aborts (as a `kill -9` would end it) right
+/// after its first commit to that table lands. Unset: nothing.
+fn crash_point(t: Table) {
+    if std::env::var("FORM_ETL_CRASH_AFTER_COMMIT").as_deref() == Ok(t.as_str()) {
+        tracing::error!(
+            table = t.as_str(),
+            "FORM_ETL_CRASH_AFTER_COMMIT: aborting now."
+        );
+        std::process::abort();
     }
 }

@@ -11,6 +11,8 @@ use form_model::avro::{Table, flattened_to_values};
 use form_model::avro_encode::{EncodedRows, encode_output};
 use serde::Serialize;
 
+use crate::events::Event;
+
 /// One stage's cost.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Stage {
@@ -146,6 +148,31 @@ pub(crate) fn measure(inputs: &[Vec<u8>], min_seconds: f64) -> anyhow::Result<(V
         start.elapsed().as_secs_f64(),
     ));
     Ok((stages, rows_per_record))
+}
+
+/// Rows the sink writes (both tables) for `events` enriched with `forms`: the sink's own
+/// flatten and row encoding over every record, on two threads. Every output variant of one
+/// input writes these rows; "bytes per row" divides by this.
+pub(crate) fn count_rows(events: &[Event], forms: &[Vec<u8>]) -> anyhow::Result<u64> {
+    let count = |events: &[Event]| -> anyhow::Result<u64> {
+        let (mut flat, mut encoded, mut rows) = (Vec::new(), EncodedRows::default(), 0u64);
+        for (i, e) in events.iter().enumerate() {
+            let form = forms.get(e.form).map_or(&b"null"[..], |f| &f[..]);
+            let rec = crate::events::enriched(&e.value, form, "form.enriched", 0, i as i64);
+            flat.clear();
+            form_model::flatten_to_json(&rec, &mut flat)?;
+            encoded.clear();
+            encode_output(&flat, &mut encoded).map_err(|e| anyhow::anyhow!("{e}"))?;
+            rows += encoded.rows.len() as u64;
+        }
+        Ok(rows)
+    };
+    let (a, b) = events.split_at(events.len() / 2);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| count(a));
+        let rb = count(b)?;
+        Ok(h.join().expect("row count thread panicked")? + rb)
+    })
 }
 
 /// The sink's Avro block size (uncompressed bytes).

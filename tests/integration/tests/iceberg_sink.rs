@@ -5,9 +5,11 @@
 //!
 //! Needs `cargo build --release -p s3-sink` and `make cluster-up` (the REST catalog included).
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use form_etl_tests::consume_to_end;
 use form_etl_tests::iceberg_support::{Catalog, namespace, read_tables, snapshot_offsets};
 use form_etl_tests::sink_support::*;
 use serde_json::{Value, json};
@@ -62,7 +64,7 @@ async fn iceberg_kill_9_five_times_exact_counts_and_offsets() -> Result<()> {
     let (topic, dlq) = topics("ice-kill").await?;
     let n = 50_000;
     let (recs, fields) = enriched_records(n, "k", PARTITIONS);
-    produce(&topic, &recs).await?;
+    let mut chunks = recs.chunks(n / 5);
     let setup = SinkSetup::new(
         "ice-kill",
         &topic,
@@ -75,9 +77,12 @@ async fn iceberg_kill_9_five_times_exact_counts_and_offsets() -> Result<()> {
     let catalog = Catalog::sql(&setup.dir, &setup.bucket);
     setup.append_config(&catalog.output(&ns, "  commit-interval: 1s\n"))?;
     for round in 0..5 {
+        // Each run has new records to work on when it is killed.
+        produce(&topic, chunks.next().expect("five chunks")).await?;
         let mut child = setup.spawn(&[])?;
-        // A random moment: between 1 and 6 s after start (start-up included).
-        let ms = 1000 + rand::random::<u64>() % 5000;
+        // A random moment: between 1 and 3 s after start (start-up is about 1 s; the sink
+        // writes ~10k records a second here).
+        let ms = 1000 + rand::random::<u64>() % 2000;
         tokio::time::sleep(Duration::from_millis(ms)).await;
         assert!(
             child.try_wait()?.is_none(),
@@ -231,4 +236,117 @@ async fn iceberg_a_new_attribute_adds_a_column_and_old_snapshots_read_without_it
     assert_eq!(form["duplicates"], json!(0));
     assert_eq!(t["form_field"]["duckdb_count"], json!(2 * old_fields));
     Ok(())
+}
+
+/// A crash right after the `form` commit (before `form_field`'s), or right after both (before
+/// the Kafka transaction with the dead letters and the group's offsets): the next run commits
+/// to each table only what it lacks, and sends each dead letter once.
+async fn crash_between_commits(after: &str) -> Result<()> {
+    let (topic, dlq) = topics("ice-crash").await?;
+    let n = 3000;
+    let (mut recs, fields) = enriched_records(n, "c", PARTITIONS);
+    // Every 100th record is not JSON: a dead letter.
+    let mut poison = 0;
+    for (i, r) in recs.iter_mut().enumerate() {
+        if i % 100 == 7 {
+            r.2 = b"not json {".to_vec();
+            poison += 1;
+        }
+    }
+    let (form_rows, field_rows) = {
+        // The poisoned records have no rows.
+        let mut f = 0;
+        for (i, _) in recs.iter().enumerate() {
+            if i % 100 != 7 {
+                f += 1 + i % 9;
+            }
+        }
+        let _ = fields;
+        (n - poison, f)
+    };
+    // Half before the crash, half after: the next run's ranges then run past what the crash
+    // left committed in one table.
+    let (first, second) = recs.split_at(n / 2);
+    produce(&topic, first).await?;
+    let setup = SinkSetup::new(
+        "ice-crash",
+        &topic,
+        &dlq,
+        &s3_endpoint(),
+        "output",
+        "  idle-flush: 1s\n",
+    )?;
+    let ns = namespace();
+    let catalog = Catalog::sql(&setup.dir, &setup.bucket);
+    setup.append_config(&catalog.output(&ns, "  commit-interval: 1s\n"))?;
+    let mut child =
+        setup.spawn_with_env(&[], &[("FORM_ETL_CRASH_AFTER_COMMIT", Path::new(after))])?;
+    let st = wait_exit(&mut child, Duration::from_secs(120))?;
+    assert!(
+        !st.success(),
+        "the sink did not crash after {after}: {st}\n{}",
+        setup.log()
+    );
+    let t = read_tables(&catalog, &ns, json!({}))?;
+    let snaps = |table: &str| t[table]["snapshots"].as_array().map_or(0, Vec::len);
+    assert!(snaps("form") >= 1, "form was committed before the crash");
+    if after == "form" {
+        assert_eq!(
+            snaps("form_field"),
+            0,
+            "form_field was not committed before the crash"
+        );
+    } else {
+        assert!(
+            snaps("form_field") >= 1,
+            "form_field was committed before the crash"
+        );
+    }
+    assert!(
+        committed_once(&setup.group, &topic, PARTITIONS)
+            .unwrap_or_default()
+            .iter()
+            .all(|o| *o <= 0),
+        "the group's offsets were not committed before the crash"
+    );
+    produce(&topic, second).await?;
+    let mut child = setup.spawn(&[])?;
+    let res = wait_committed(&setup, PARTITIONS, Duration::from_secs(120)).await;
+    let st = terminate(&mut child, Duration::from_secs(60))?;
+    res.with_context(|| setup.log())?;
+    assert!(st.success(), "{st}\n{}", setup.log());
+    let t = read_tables(&catalog, &ns, json!({"key": keys()}))?;
+    check_tables(&t, &setup, form_rows, field_rows)?;
+    let letters = consume_to_end(&dlq, Duration::from_secs(60)).await?;
+    let header = |l: &form_etl_tests::Received, name: &str| {
+        l.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    };
+    let offsets = duplicates(letters.iter().map(|l| {
+        (
+            header(l, "dlq.source.partition"),
+            header(l, "dlq.source.offset"),
+        )
+    }));
+    assert_eq!(letters.len(), poison, "dead letters");
+    assert!(offsets.is_empty(), "a dead letter sent twice: {offsets:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iceberg_a_crash_between_the_two_tables_commits_leaves_no_duplicate() -> Result<()> {
+    if !cluster_available("iceberg crash after form") {
+        return Ok(());
+    }
+    crash_between_commits("form").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iceberg_a_crash_before_the_kafka_transaction_sends_each_dead_letter_once() -> Result<()> {
+    if !cluster_available("iceberg crash after form_field") {
+        return Ok(());
+    }
+    crash_between_commits("form_field").await
 }
