@@ -795,6 +795,82 @@ s3:
     }
 
     #[test]
+    fn iceberg_output_section() {
+        let parse = |extra: &str| {
+            load_str::<SinkConfig>(
+                &format!("{BASE}{extra}"),
+                Path::new("s.yaml"),
+                &SecretStore::from_pairs([]),
+            )
+        };
+        let c = parse("output: {type: iceberg}\n").unwrap();
+        let OutputConfig::Iceberg(ic) = &c.output else {
+            panic!("not iceberg: {:?}", c.output)
+        };
+        assert!(matches!(
+            ic.catalog,
+            CatalogConfig::Sql {
+                uri: None,
+                warehouse: None
+            }
+        ));
+        assert_eq!(
+            (ic.name.as_str(), ic.namespace.as_str()),
+            ("form_etl", "form_etl")
+        );
+        assert_eq!(
+            (ic.tables.form.as_str(), ic.tables.form_field.as_str()),
+            ("form", "form_field")
+        );
+        assert_eq!(ic.commit_interval, Duration::from_secs(10));
+        assert_eq!(c.file_format().extension(), "parquet");
+        let c = parse(
+            "output: {type: iceberg, namespace: lake, commit-interval: 2s, catalog: {type: rest, uri: 'http://127.0.0.1:8181', token: t0k}}\n",
+        )
+        .unwrap();
+        let OutputConfig::Iceberg(ic) = &c.output else {
+            panic!()
+        };
+        let CatalogConfig::Rest { uri, token, .. } = &ic.catalog else {
+            panic!("{:?}", ic.catalog)
+        };
+        assert_eq!(uri.as_str(), "http://127.0.0.1:8181/");
+        assert!(
+            !format!("{:?}", ic.catalog).contains("t0k"),
+            "the token is redacted"
+        );
+        assert_eq!(token.as_ref().unwrap().expose(), "t0k");
+        assert_eq!(ic.catalog.kind(), "rest");
+        // Accepted, refused when the sink starts (not built in).
+        let c = parse("output: {type: iceberg, catalog: {type: glue}}\n").unwrap();
+        let OutputConfig::Iceberg(ic) = &c.output else {
+            panic!()
+        };
+        assert_eq!(ic.catalog.kind(), "glue");
+        for (extra, want) in [
+            (
+                "output: {type: iceberg}\nschema: {on-type-conflict: widen}\n",
+                "`schema.on-type-conflict`",
+            ),
+            (
+                "output: {type: iceberg, namespace: a.b}\n",
+                "`output.namespace`",
+            ),
+            (
+                "output: {type: iceberg, commit-interval: 0s}\n",
+                "`output.commit-interval`",
+            ),
+            (
+                "output: {type: iceberg, catalog: {type: hive}}\n",
+                "unknown variant `hive`",
+            ),
+        ] {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn defaults() {
         let c = load_str::<SinkConfig>(BASE, Path::new("s.yaml"), &SecretStore::from_pairs([]))
             .unwrap();

@@ -637,3 +637,73 @@ fn crash_point(t: Table) {
         std::process::abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(tables: [Option<i64>; 2], group: Option<i64>) -> Part {
+        Part {
+            epoch: 1,
+            tables,
+            group,
+            next_offset: group,
+            open: None,
+            segments: VecDeque::new(),
+            dlq: Vec::new(),
+        }
+    }
+
+    fn seg(end: i64, pending: &[u64]) -> Seg {
+        Seg {
+            end,
+            first_ts_ms: None,
+            files: HashMap::new(),
+            pending: pending.iter().copied().collect(),
+            _gate: watch::channel(true).0,
+        }
+    }
+
+    #[test]
+    fn the_cursor_is_the_lowest_of_the_tables_and_the_group() {
+        assert_eq!(part([Some(10), Some(7)], Some(5)).cursor(), Some(5));
+        assert_eq!(part([Some(10), None], Some(5)).cursor(), None);
+        assert_eq!(part([Some(10), Some(10)], Some(10)).cursor(), Some(10));
+    }
+
+    #[test]
+    fn a_commit_goes_past_uploaded_segments_in_order_only() {
+        let mut p = part([Some(0), Some(0)], Some(0));
+        p.segments.push_back(seg(5, &[]));
+        p.segments.push_back(seg(9, &[3]));
+        p.segments.push_back(seg(12, &[]));
+        p.next_offset = Some(12);
+        assert_eq!(
+            p.wants_commit(),
+            Some((5, 1)),
+            "stops at the segment still uploading"
+        );
+        p.segments[1].pending.clear();
+        assert_eq!(p.wants_commit(), Some((12, 3)));
+        // Nothing open or waiting: on to the next offset (records without rows, markers).
+        p.segments.clear();
+        p.next_offset = Some(14);
+        assert_eq!(p.wants_commit(), Some((14, 0)));
+        p.open = Some((13, None));
+        assert_eq!(
+            p.wants_commit(),
+            None,
+            "an open segment holds the offset back"
+        );
+    }
+
+    #[test]
+    fn nothing_to_commit_when_everything_is_committed() {
+        let p = part([Some(8), Some(8)], Some(8));
+        assert_eq!(p.wants_commit(), None);
+        // A table ahead after a crash: the replay up to it commits the group and the other.
+        let mut p = part([Some(8), Some(4)], Some(4));
+        p.next_offset = Some(8);
+        assert_eq!(p.wants_commit(), Some((8, 0)));
+    }
+}
