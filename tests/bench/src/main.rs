@@ -8,6 +8,7 @@ mod connectors;
 mod events;
 mod kafka;
 mod monitor;
+mod outputs;
 mod report;
 mod stages;
 
@@ -27,7 +28,8 @@ use crate::connectors::{Connector, Rewrite};
 use crate::events::Event;
 use crate::kafka::{PipeOut, Probe, Throughput};
 use crate::monitor::ProcReport;
-use crate::report::{Line, Machine, median};
+use crate::outputs::{IcebergCatalog, SinkOutput, Stored};
+use crate::report::{Line, Machine, OutputRow, median};
 
 /// Targets of issue 6.
 const TARGET_E2E_EVENTS_PER_S: f64 = 40_000.0;
@@ -35,6 +37,9 @@ const TARGET_SINK_VS_CONSUME: f64 = 0.5;
 const TARGET_SOURCE_VS_PIPE: f64 = 0.5;
 const TARGET_COLD_VS_API: f64 = 0.8;
 const TARGET_PEAK_RSS_MIB: f64 = 256.0;
+/// Target of issue 17: the sink's CPU per event with `output: iceberg` at most this many times
+/// its CPU per event with Avro files.
+const TARGET_ICEBERG_VS_AVRO_CPU: f64 = 1.5;
 /// How often the progress probes sample topic watermarks / committed offsets.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// The forms the cluster's forms API serves (`make cluster-up`: `--generate 1000 --seed 42`).
@@ -123,8 +128,36 @@ struct Args {
     #[arg(long = "source-set", value_name = "KEY=VALUE")]
     source_set: Vec<String>,
     /// Override of the s3-sink bench config, `KEY.PATH=VALUE` (repeatable), e.g. `s3.codec=snappy`.
+    /// Applied after the `output` of each `--sink-outputs` run.
     #[arg(long = "sink-set", value_name = "KEY=VALUE")]
     sink_set: Vec<String>,
+    /// Outputs of s3-sink that the sink stage measures, one run each over the same input topic
+    /// (comma separated): avro (files), parquet (files), iceberg (tables of Parquet files).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "avro,parquet,iceberg"
+    )]
+    sink_outputs: Vec<SinkOutput>,
+    /// Catalog of the iceberg output: sql (a fresh SQLite file under --out-dir, a fresh
+    /// warehouse `s3://{bucket}/w…` per run) or rest (--iceberg-rest-uri).
+    #[arg(long, value_enum, default_value = "sql")]
+    iceberg_catalog: IcebergCatalog,
+    /// `output.commit-interval` of the iceberg output: the run's tail (its last commit) waits
+    /// for up to this.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    iceberg_commit_interval: Duration,
+    /// The REST catalog of `--iceberg-catalog rest` (`make cluster-up`'s).
+    #[arg(long, default_value = "http://127.0.0.1:8181")]
+    iceberg_rest_uri: String,
+    /// The REST catalog's warehouse: its tables are under `{warehouse}/{namespace}/`.
+    #[arg(long, default_value = "s3://iceberg/warehouse")]
+    iceberg_rest_warehouse: String,
+    /// The local S3 server's directory (s3s-fs: bucket B, key K is the file ROOT/B/K): each
+    /// sink run's objects are listed there (bytes per row, Iceberg snapshots).
+    #[arg(long, default_value = ".cluster/s3")]
+    s3_root: PathBuf,
     /// Stages to run (comma separated): produce is always run; consume, pipe, source, sink, api,
     /// cold, e2e. Default: all.
     #[arg(
@@ -174,6 +207,53 @@ struct ConnectorRun {
     input: String,
 }
 
+/// One output variant of s3-sink (`--sink-outputs`) over the sink stage's input.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct SinkOutputRun {
+    output: SinkOutput,
+    /// How it was configured (`files, parquet`, `iceberg, sql catalog, commit-interval 2s`).
+    detail: String,
+    run: ConnectorRun,
+    /// Rows (both tables) of the input: the sink's flatten and row encoding, run in-process.
+    rows: Option<u64>,
+    /// The sink's `s3_sink_rows_total` at the last scrape of its /metrics (a cross-check; the
+    /// scrape is every 500 ms, so the last rows may be missing).
+    rows_metric: Option<f64>,
+    /// What the run stored on S3.
+    stored: Option<Stored>,
+    /// The last scraped `s3_sink_iceberg_commits_total` (a lower bound: the last commits may
+    /// come after the last scrape).
+    commits_metric: Option<f64>,
+    /// Iceberg: commits (snapshots of the table with the most) per minute, spawn to exit.
+    commits_per_min: Option<f64>,
+}
+
+impl SinkOutputRun {
+    fn per_row(&self, bytes: impl Fn(&Stored) -> u64) -> Option<f64> {
+        let rows = self.rows.filter(|r| *r > 0)?;
+        Some(bytes(self.stored.as_ref()?) as f64 / rows as f64)
+    }
+
+    fn bytes_per_row(&self) -> Option<f64> {
+        self.per_row(|s| s.data_bytes)
+    }
+
+    fn other_bytes_per_row(&self) -> Option<f64> {
+        self.per_row(|s| s.other_bytes)
+    }
+
+    fn bytes_per_event(&self) -> Option<f64> {
+        let s = self.stored.as_ref()?;
+        Some(s.data_bytes as f64 / self.run.events.max(1) as f64)
+    }
+
+    fn cpu_per_million(&self) -> Option<f64> {
+        self.run
+            .ok
+            .then(|| self.run.proc.cpu_seconds * 1e6 / self.run.events.max(1) as f64)
+    }
+}
+
 /// End to end: both connectors running, events produced, until the sink has committed all.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct EndToEnd {
@@ -200,7 +280,11 @@ struct Repeat {
     api_capacity: Option<LoadReport>,
     kafka_source_warm: Option<ConnectorRun>,
     kafka_source_cold: Option<ConnectorRun>,
+    /// s3-sink with the Avro output (the same run as `sink_outputs`' avro entry).
     s3_sink: Option<ConnectorRun>,
+    /// s3-sink once per `--sink-outputs` variant, over the same input.
+    #[serde(default)]
+    sink_outputs: Vec<SinkOutputRun>,
     end_to_end: Option<EndToEnd>,
     notes: Vec<String>,
 }
@@ -215,6 +299,8 @@ struct Ctx {
     cold_events: Arc<Vec<Event>>,
     api_base: String,
     cold_api_base: String,
+    /// Rows the sink writes for `events` (sink stage only).
+    rows: Option<u64>,
 }
 
 fn note(r: &mut Repeat, msg: String) {
@@ -308,15 +394,42 @@ impl Ctx {
 
     /// Writes the bench config of `c` and checks it with the binary.
     fn config(&self, c: &Connector, rw: &Rewrite, file: &str) -> anyhow::Result<PathBuf> {
+        self.config_with(c, rw, &[], file)
+    }
+
+    /// [`Self::config`] with `first` applied before the `--source-set`/`--sink-set` overrides.
+    fn config_with(
+        &self,
+        c: &Connector,
+        rw: &Rewrite,
+        first: &[String],
+        file: &str,
+    ) -> anyhow::Result<PathBuf> {
         let path = self.args.out_dir.join("configs").join(file);
-        let overrides = if c.name == "kafka-source" {
+        let mut overrides = first.to_vec();
+        overrides.extend_from_slice(if c.name == "kafka-source" {
             &self.args.source_set
         } else {
             &self.args.sink_set
-        };
-        connectors::write_config(&c.template, rw, overrides, &path)?;
+        });
+        connectors::write_config(&c.template, rw, &overrides, &path)?;
         c.check(&path)?;
         Ok(path)
+    }
+
+    /// The iceberg output's settings for repeat `r`: a fresh SQLite catalog file.
+    fn iceberg_settings(&self, r: usize) -> anyhow::Result<outputs::IcebergSettings> {
+        let dir = std::path::absolute(self.args.out_dir.join("iceberg"))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(outputs::IcebergSettings {
+            catalog: self.args.iceberg_catalog,
+            commit_interval: humantime::format_duration(self.args.iceberg_commit_interval)
+                .to_string(),
+            sqlite_file: dir.join(format!("{}r{r}-{}.db", self.run_id, outputs::fresh_hex())),
+            bucket: self.args.bucket.clone(),
+            rest_uri: self.args.iceberg_rest_uri.clone(),
+            rest_warehouse: self.args.iceberg_rest_warehouse.clone(),
+        })
     }
 
     /// Runs connector `c` with `--max-records n` and the probe until it exits.
@@ -583,61 +696,13 @@ async fn repeat_stages(
         rep.raw_consume_enriched = Some(c);
     }
 
-    // 6. s3-sink over the same enriched topic.
+    // 6. s3-sink over the same enriched topic, once per output (`--sink-outputs`).
     if !ctx.stage("sink") {
     } else if let Some(why) = ctx.skip(&ctx.sink) {
         note(rep, format!("s3-sink skipped: {why}"));
     } else if let Some(enriched_input) = enriched_input.clone() {
-        let rw = ctx.rewrite(
-            r,
-            "sink",
-            &t_events,
-            &enriched_input,
-            &ctx.api_base,
-            a.sink_metrics_port,
-        );
-        match ctx.config(&ctx.sink, &rw, &format!("r{r}-s3-sink.yaml")) {
-            Err(e) => note(rep, format!("s3-sink: {e:#}")),
-            Ok(cfg) => {
-                say(format_args!(
-                    "[r{r}] s3-sink, {n} records of {enriched_input}"
-                ));
-                let run = ctx
-                    .run_connector(
-                        &ctx.sink,
-                        &cfg,
-                        n,
-                        Probe::Committed {
-                            topic: enriched_input.clone(),
-                            group: rw.group.clone(),
-                        },
-                        &format!("r{r}-s3-sink.log"),
-                        &enriched_input,
-                        a.sink_metrics_port,
-                    )
-                    .await?;
-                say(format_args!(
-                    "[r{r}] s3-sink: {:.0} events/s (steady {:?}), exit {:?}, peak RSS {:.0} MiB, CPU {:.1} s",
-                    run.events_per_s,
-                    run.steady_events_per_s.map(|v| v.round()),
-                    run.proc.exit_code,
-                    run.proc.peak_rss_mib,
-                    run.proc.cpu_seconds
-                ));
-                if !run.ok {
-                    note(rep, format!("s3-sink run failed (see {})", run.proc.log));
-                } else if !run.all_out {
-                    note(
-                        rep,
-                        format!(
-                            "s3-sink exited 0 after reading {n} records, but its group's committed offsets \
-                             sum to {} (below {n}: the last segments' offsets were not committed; see {})",
-                            run.probe_last, run.proc.log
-                        ),
-                    );
-                }
-                rep.s3_sink = Some(run);
-            }
+        for &output in &a.sink_outputs {
+            sink_output(ctx, r, rep, n, &t_events, &enriched_input, output).await?;
         }
     }
 
@@ -729,6 +794,132 @@ async fn repeat_stages(
     {
         note(rep, format!("end to end: {e:#}"));
     }
+    Ok(())
+}
+
+/// s3-sink with `output` over `input` (`n` records), then what it stored on S3.
+async fn sink_output(
+    ctx: &Ctx,
+    r: usize,
+    rep: &mut Repeat,
+    n: u64,
+    events_topic: &str,
+    input: &str,
+    output: SinkOutput,
+) -> anyhow::Result<()> {
+    let a = &ctx.args;
+    let name = output.name();
+    let rw = ctx.rewrite(
+        r,
+        output.stage(),
+        events_topic,
+        input,
+        &ctx.api_base,
+        a.sink_metrics_port,
+    );
+    let place = ctx
+        .iceberg_settings(r)
+        .and_then(|ice| outputs::placement(output, &rw.bucket, &rw.prefix, &ice));
+    let file = format!("r{r}-s3-sink{}", output.file_suffix());
+    let cfg = place.and_then(|p| {
+        let cfg = ctx.config_with(
+            &ctx.sink,
+            &rw,
+            std::slice::from_ref(&p.set_output),
+            &format!("{file}.yaml"),
+        )?;
+        Ok((p, cfg))
+    });
+    let (place, cfg) = match cfg {
+        Ok(v) => v,
+        Err(e) => {
+            note(rep, format!("s3-sink, output {name}: {e:#}"));
+            return Ok(());
+        }
+    };
+    say(format_args!(
+        "[r{r}] s3-sink, output {name} ({}), {n} records of {input}",
+        place.detail
+    ));
+    let run = ctx
+        .run_connector(
+            &ctx.sink,
+            &cfg,
+            n,
+            Probe::Committed {
+                topic: input.to_owned(),
+                group: rw.group.clone(),
+            },
+            &format!("{file}.log"),
+            input,
+            a.sink_metrics_port,
+        )
+        .await?;
+    if !run.ok {
+        note(
+            rep,
+            format!("s3-sink, output {name}: run failed (see {})", run.proc.log),
+        );
+    } else if !run.all_out {
+        note(
+            rep,
+            format!(
+                "s3-sink, output {name}: exited 0 after reading {n} records, but its group's committed offsets \
+                 sum to {} (below {n}: the last segments' offsets were not committed; see {})",
+                run.probe_last, run.proc.log
+            ),
+        );
+    }
+    let metrics = std::fs::read_to_string(Path::new(&run.proc.log).with_extension("metrics.txt"))
+        .unwrap_or_default();
+    let stored = match outputs::stored(&a.s3_root, &place.bucket, &place.prefix, output) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            note(
+                rep,
+                format!("s3-sink, output {name}: its objects were not listed: {e:#}"),
+            );
+            None
+        }
+    };
+    let commits_per_min = match (output, stored.as_ref().and_then(Stored::commits)) {
+        (SinkOutput::Iceberg, Some(c)) => Some(c as f64 * 60.0 / run.proc.wall_seconds.max(1e-9)),
+        _ => None,
+    };
+    let o = SinkOutputRun {
+        output,
+        detail: place.detail,
+        rows: ctx.rows,
+        rows_metric: outputs::metric_sum(&metrics, "s3_sink_rows_total"),
+        commits_metric: outputs::metric_sum(&metrics, "s3_sink_iceberg_commits_total"),
+        stored,
+        commits_per_min,
+        run,
+    };
+    say(format_args!(
+        "[r{r}] s3-sink {name}: {:.0} events/s (steady {:?}), exit {:?}, peak RSS {:.0} MiB, \
+         CPU {:.1} s ({:.2} s per 1M), data {} objects {} bytes ({:.1} bytes/row, {} rows), \
+         other {} objects {} bytes, commits {:?} ({:.1}/min, metric {:?})",
+        o.run.events_per_s,
+        o.run.steady_events_per_s.map(|v| v.round()),
+        o.run.proc.exit_code,
+        o.run.proc.peak_rss_mib,
+        o.run.proc.cpu_seconds,
+        o.run.proc.cpu_seconds * 1e6 / n.max(1) as f64,
+        o.stored.as_ref().map_or(0, |s| s.data_objects),
+        o.stored.as_ref().map_or(0, |s| s.data_bytes),
+        o.bytes_per_row().unwrap_or(f64::NAN),
+        o.rows.map_or("?".to_owned(), |r| r.to_string()),
+        o.stored.as_ref().map_or(0, |s| s.other_objects),
+        o.stored.as_ref().map_or(0, |s| s.other_bytes),
+        o.stored.as_ref().and_then(Stored::commits),
+        o.commits_per_min.unwrap_or(f64::NAN),
+        o.commits_metric,
+    ));
+    if output == SinkOutput::Avro {
+        rep.s3_sink = Some(o.run.clone());
+    }
+    rep.sink_outputs.push(o);
     Ok(())
 }
 
@@ -994,6 +1185,29 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
+    // The rows every output of the sink writes for this input (bytes per row).
+    let rows = if args.stages.iter().any(|s| s == "sink") && !args.sink_outputs.is_empty() {
+        let (ev, fo) = (events.clone(), Arc::new(forms.clone()));
+        let start = Instant::now();
+        match blocking(move || stages::count_rows(&ev, &fo)).await {
+            Ok(rows) => {
+                say(format_args!(
+                    "the sink writes {rows} rows for the {} events ({:.2} per event; counted in {:.1} s)",
+                    events.len(),
+                    rows as f64 / events.len() as f64,
+                    start.elapsed().as_secs_f64()
+                ));
+                Some(rows)
+            }
+            Err(e) => {
+                say(format_args!("rows of the input not counted: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let ctx = Ctx {
         source: Connector {
             name: "kafka-source",
@@ -1012,6 +1226,7 @@ async fn main() -> anyhow::Result<()> {
         cold_events,
         api_base,
         cold_api_base,
+        rows,
         run_id,
         args: args.clone(),
     };
@@ -1354,6 +1569,75 @@ fn write_outputs(
         });
     }
 
+    // s3-sink by output (in the order of their runs).
+    let mut outputs_seen: Vec<SinkOutput> = Vec::new();
+    for o in reps.iter().flat_map(|r| &r.sink_outputs) {
+        if !outputs_seen.contains(&o.output) {
+            outputs_seen.push(o.output);
+        }
+    }
+    // Per repeat: that output's run, if any.
+    let output_runs = |out: SinkOutput| -> Vec<Option<&SinkOutputRun>> {
+        reps.iter()
+            .map(|r| r.sink_outputs.iter().find(|o| o.output == out))
+            .collect()
+    };
+    let output_rows: Vec<OutputRow> = outputs_seen
+        .iter()
+        .map(|&out| {
+            let runs = output_runs(out);
+            let m = |f: &dyn Fn(&SinkOutputRun) -> Option<f64>| {
+                median(runs.iter().map(|o| o.and_then(f)))
+            };
+            let present: Vec<&SinkOutputRun> = runs.iter().flatten().copied().collect();
+            OutputRow {
+                output: out.name().to_owned(),
+                detail: present
+                    .first()
+                    .map(|o| o.detail.clone())
+                    .unwrap_or_default(),
+                runs: present.len(),
+                ok_runs: present.iter().filter(|o| o.run.ok).count(),
+                events_per_s: m(&|o| o.run.ok.then_some(o.run.events_per_s)),
+                steady_events_per_s: m(&|o| {
+                    o.run.ok.then_some(o.run.steady_events_per_s).flatten()
+                }),
+                cpu_seconds_per_million_events: m(&|o| o.cpu_per_million()),
+                peak_rss_mib: present
+                    .iter()
+                    .map(|o| o.run.proc.peak_rss_mib)
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+                bytes_per_row: m(&|o| o.bytes_per_row()),
+                bytes_per_event: m(&|o| o.bytes_per_event()),
+                other_bytes_per_row: m(&|o| o.other_bytes_per_row()),
+                commits_per_min: m(&|o| o.commits_per_min),
+            }
+        })
+        .collect();
+    let cpu_of = |out: SinkOutput| -> Vec<Option<f64>> {
+        output_runs(out)
+            .iter()
+            .map(|o| o.and_then(SinkOutputRun::cpu_per_million))
+            .collect()
+    };
+    let avro_cpu = median(cpu_of(SinkOutput::Avro));
+    let iceberg_vs_avro = line(
+        "s3-sink CPU, Iceberg output vs Avro output",
+        "CPU s per 1M events",
+        cpu_of(SinkOutput::Iceberg),
+        Some(("s3-sink CPU, Avro output", avro_cpu)),
+        Some((
+            format!("≤ {:.0}% of Avro's", TARGET_ICEBERG_VS_AVRO_CPU * 100.0),
+            Box::new(|x| x <= TARGET_ICEBERG_VS_AVRO_CPU),
+        )),
+        true,
+    );
+    let iceberg_ratio = iceberg_vs_avro.ratio;
+    let iceberg_met = iceberg_vs_avro.met;
+    if outputs_seen.contains(&SinkOutput::Iceberg) {
+        lines.push(iceberg_vs_avro);
+    }
+
     let results = json!({
         "events": n_events,
         "forms": a.forms,
@@ -1381,7 +1665,10 @@ fn write_outputs(
             "kafka_source_vs_raw_consume_produce": lines[1].ratio,
             "cold_cache_vs_api_capacity": lines[3].ratio,
             "s3_sink_vs_raw_consume_enriched": lines[5].ratio,
+            "s3_sink_iceberg_vs_avro_cpu_per_event": iceberg_ratio,
         },
+        "sink_outputs": output_rows,
+        "iceberg_vs_avro_cpu_per_event": {"ratio": iceberg_ratio, "target": TARGET_ICEBERG_VS_AVRO_CPU, "met": iceberg_met},
         "targets": lines.iter().filter(|l| l.target.is_some()).map(|l| json!({"measure": l.measure, "value": l.median, "ratio": l.ratio, "target": l.target, "met": l.met})).collect::<Vec<_>>(),
         "table": lines,
         "in_process_stages_one_thread": {"rows_per_record": rows_per_record, "stages": stage_costs},
@@ -1397,7 +1684,7 @@ fn write_outputs(
             .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
     ];
     commands.push(format!("# results: {}", path.display()));
-    let params = vec![
+    let mut params = vec![
         ("events".to_owned(), n_events.to_string()),
         ("forms".to_owned(), a.forms.to_string()),
         (
@@ -1422,6 +1709,16 @@ fn write_outputs(
             a.compression.clone(),
         ),
     ];
+    if !output_rows.is_empty() {
+        params.push((
+            "s3-sink outputs".to_owned(),
+            output_rows
+                .iter()
+                .map(|o| format!("{} ({})", o.output, o.detail))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
     let mut extra = String::new();
     extra.push_str("In-process cost of the sink's per-record stages on generated records (one thread, this machine; ");
     extra.push_str(&format!("{rows_per_record:.2} rows per record):\n\n| stage | records/s | µs/record |\n|---|---:|---:|\n"));
@@ -1429,6 +1726,14 @@ fn write_outputs(
         extra.push_str(&format!(
             "| {} | {:.0} | {:.2} |\n",
             s.name, s.records_per_s, s.us_per_record
+        ));
+    }
+    if !output_rows.is_empty() {
+        extra.push('\n');
+        extra.push_str(&report::outputs_table(
+            &output_rows,
+            iceberg_ratio,
+            TARGET_ICEBERG_VS_AVRO_CPU,
         ));
     }
     let notes: Vec<String> = reps
@@ -1448,6 +1753,21 @@ fn write_outputs(
          `/proc/PID/status` (`wait4`'s `ru_maxrss` is not used: Linux carries the parent's peak over fork+exec); CPU is \
          utime+stime from `wait4`.\n",
     );
+    if !output_rows.is_empty() {
+        extra.push_str(
+            "\nThe sink's outputs: one `--max-records N` run per output over the same input topic, each with its own \
+             consumer group, timed until it exits after its last commit (Iceberg: the group's offsets are committed in \
+             Kafka after each table commit, every `commit-interval`, 2 s by default in the bench, so the run's tail waits \
+             up to that). Bytes are the sizes of the objects the run wrote, read from the local S3 server's directory \
+             (`--s3-root`): data files (`.avro`, `.parquet`) under the run's prefix or, for Iceberg, the `.parquet` data \
+             files under its fresh namespace (SQL catalog: on a fresh SQLite file, in a fresh warehouse; \
+             `--iceberg-catalog rest`: in the REST catalog's warehouse); \"other\" is \
+             everything else there (Iceberg: table metadata, manifests, manifest lists; files: `_schemas/`). Rows are \
+             the rows of both tables that the input makes (the sink's flatten and row encoding run in the bench over \
+             every record). Iceberg commits are the snapshots of the table with the most (one `metadata/snap-*.avro` \
+             manifest list each) per minute of the run, spawn to exit.\n",
+        );
+    }
     let md = report::markdown(
         machine,
         &started_at.format("%Y-%m-%d %H:%M UTC").to_string(),

@@ -117,10 +117,7 @@ pub(crate) fn placement(
     ice: &IcebergSettings,
 ) -> anyhow::Result<Placement> {
     let files = |format: &str| Placement {
-        set_output: format!(
-            "output={}",
-            json!({"type": "files", "format": format})
-        ),
+        set_output: format!("output={}", json!({"type": "files", "format": format})),
         bucket: bucket.to_owned(),
         prefix: prefix.to_owned(),
         detail: format!("files, {format}"),
@@ -310,12 +307,28 @@ mod tests {
 
     #[test]
     fn placements() {
-        let p = placement(SinkOutput::Parquet, "output", "bench/x/spq", &ice(IcebergCatalog::Sql))
-            .unwrap();
-        assert_eq!(p.set_output, r#"output={"type":"files","format":"parquet"}"#);
-        assert_eq!((p.bucket.as_str(), p.prefix.as_str()), ("output", "bench/x/spq"));
-        let p = placement(SinkOutput::Iceberg, "output", "bench/x", &ice(IcebergCatalog::Sql))
-            .unwrap();
+        let p = placement(
+            SinkOutput::Parquet,
+            "output",
+            "bench/x/spq",
+            &ice(IcebergCatalog::Sql),
+        )
+        .unwrap();
+        assert_eq!(
+            p.set_output,
+            r#"output={"type":"files","format":"parquet"}"#
+        );
+        assert_eq!(
+            (p.bucket.as_str(), p.prefix.as_str()),
+            ("output", "bench/x/spq")
+        );
+        let p = placement(
+            SinkOutput::Iceberg,
+            "output",
+            "bench/x",
+            &ice(IcebergCatalog::Sql),
+        )
+        .unwrap();
         let v: serde_yaml::Value =
             serde_yaml::from_str(p.set_output.strip_prefix("output=").unwrap()).unwrap();
         assert_eq!(v["type"], "iceberg");
@@ -325,9 +338,17 @@ mod tests {
         assert!(ns.starts_with("ns") && ns.len() == 10, "{ns}");
         let w = v["catalog"]["warehouse"].as_str().unwrap();
         assert_eq!(p.bucket, "output");
-        assert_eq!(p.prefix, format!("{}/{ns}", w.strip_prefix("s3://output/").unwrap()));
-        let p = placement(SinkOutput::Iceberg, "output", "bench/x", &ice(IcebergCatalog::Rest))
-            .unwrap();
+        assert_eq!(
+            p.prefix,
+            format!("{}/{ns}", w.strip_prefix("s3://output/").unwrap())
+        );
+        let p = placement(
+            SinkOutput::Iceberg,
+            "output",
+            "bench/x",
+            &ice(IcebergCatalog::Rest),
+        )
+        .unwrap();
         assert_eq!(p.bucket, "iceberg");
         assert!(p.prefix.starts_with("warehouse/ns"), "{}", p.prefix);
     }
@@ -351,7 +372,10 @@ mod tests {
         assert_eq!((s.other_objects, s.other_bytes), (4, 35));
         assert_eq!(s.commits(), Some(2));
         assert_eq!(s.snapshots_per_table["form_field"], 1);
-        put("p/form/event_date=2024-05-01/t+0+00000000000000000000.avro", 50);
+        put(
+            "p/form/event_date=2024-05-01/t+0+00000000000000000000.avro",
+            50,
+        );
         put("p/_schemas/form/v1.avsc", 7);
         let s = stored(&root, "output", "p", SinkOutput::Avro).unwrap();
         assert_eq!((s.data_objects, s.data_bytes), (1, 50));

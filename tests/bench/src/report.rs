@@ -122,6 +122,90 @@ fn fmt_num(v: Option<f64>) -> String {
     }
 }
 
+/// One output of s3-sink (`--sink-outputs`), over the repeats.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct OutputRow {
+    /// `avro`, `parquet`, `iceberg`.
+    pub(crate) output: String,
+    /// How it was configured.
+    pub(crate) detail: String,
+    /// Runs, and those that exited 0 by themselves (only these count in the rates and CPU).
+    pub(crate) runs: usize,
+    pub(crate) ok_runs: usize,
+    /// Medians over the repeats.
+    pub(crate) events_per_s: Option<f64>,
+    pub(crate) steady_events_per_s: Option<f64>,
+    pub(crate) cpu_seconds_per_million_events: Option<f64>,
+    /// The largest of the repeats.
+    pub(crate) peak_rss_mib: Option<f64>,
+    /// Data files' bytes on S3 per row written (both tables), and per input event.
+    pub(crate) bytes_per_row: Option<f64>,
+    pub(crate) bytes_per_event: Option<f64>,
+    /// The other objects' bytes per row (Iceberg: metadata, manifests, manifest lists; files:
+    /// `_schemas/`).
+    pub(crate) other_bytes_per_row: Option<f64>,
+    /// Iceberg commits per minute.
+    pub(crate) commits_per_min: Option<f64>,
+}
+
+/// The table of the sink's outputs, then the Iceberg/Avro CPU line: `ratio` is Iceberg's CPU
+/// per event over Avro's, against `target` (at most).
+pub(crate) fn outputs_table(rows: &[OutputRow], ratio: Option<f64>, target: f64) -> String {
+    let mut s = String::new();
+    if rows.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "s3-sink by output, each run over the same input topic (its own consumer group):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| output | events/s | steady 10–90% events/s | CPU s per 1M events | peak RSS MiB | bytes per row (data) | bytes per event (data) | other bytes per row | commits/min | runs ok |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} |",
+            r.output,
+            r.detail,
+            fmt_num(r.events_per_s),
+            fmt_num(r.steady_events_per_s),
+            fmt_num(r.cpu_seconds_per_million_events),
+            fmt_num(r.peak_rss_mib),
+            fmt_num(r.bytes_per_row),
+            fmt_num(r.bytes_per_event),
+            fmt_num(r.other_bytes_per_row),
+            if r.commits_per_min.is_some() {
+                fmt_num(r.commits_per_min)
+            } else {
+                String::new()
+            },
+            r.ok_runs,
+            r.runs
+        );
+    }
+    let _ = writeln!(s);
+    match ratio {
+        Some(x) => {
+            let _ = writeln!(
+                s,
+                "Iceberg's sink CPU per event is {x:.2}× Avro's (target ≤ {target}×): {}.",
+                if x <= target { "met" } else { "**not met**" }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "Iceberg's sink CPU per event against Avro's (target ≤ {target}×): not measured \
+                 (both outputs need a successful run)."
+            );
+        }
+    }
+    s
+}
+
 /// The generated Markdown section.
 pub(crate) fn markdown(
     machine: &Machine,
