@@ -142,6 +142,13 @@ async fn iceberg_two_sinks_one_joining_mid_run_commit_every_row_once() -> Result
         .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let sink_b = b.spawn(&[])?;
+        // The second half only once B has partitions: it then commits some of them.
+        wait_for(
+            "the second sink's assignment",
+            Duration::from_secs(120),
+            || async { Ok(b.log().contains("Partition assigned").then_some(())) },
+        )
+        .await?;
         produce(&topic, rest).await?;
         Ok::<_, anyhow::Error>(sink_b)
     }
