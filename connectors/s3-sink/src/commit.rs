@@ -29,7 +29,7 @@ use crate::keys::object_key;
 use crate::pipeline::{Cmd, Event, Replay, SealedSegment};
 use crate::seal::{self, Keys, Recorded};
 use crate::tracker::{PartitionTrack, Tracker};
-use crate::uploads::{FileDone, FileId, FileMsg, Outcome, UploadCtx, Uploads};
+use crate::uploads::{FileDone, FileId, FileMsg, Outcome, UploadCtx, Uploads, count_outcome};
 
 /// File ids handed out here (deletions of stale objects) count down from the top, away from
 /// the pipeline's, which count up from 0.
@@ -63,6 +63,33 @@ impl RunningCommit {
 
 /// The outcome of a commit task (a panic included).
 pub(crate) type CommitResult = Result<Result<Vec<i32>, CommitError>, tokio::task::JoinError>;
+
+/// Raises a partition's next offset to `to` (never lowers it).
+pub(crate) fn raise(next: &mut Option<i64>, to: i64) {
+    *next = Some(next.map_or(to, |n| n.max(to)));
+}
+
+/// The rule of [`Committer::advance_to_position`] on a partition's next offset `next`: when
+/// the pipeline has handled every record received (`forwarded`, the offset after the last one,
+/// is `next`, or none came), what lies between `next` and the consumer's `position` is
+/// transaction markers, and the next offset moves to the position.
+pub(crate) fn advance_next(next: &mut Option<i64>, position: i64, forwarded: Option<i64>) {
+    if let Some(handled) = *next
+        && forwarded.is_none_or(|f| f == handled)
+        && position > handled
+    {
+        *next = Some(position);
+    }
+}
+
+/// Seconds since the oldest of these record timestamps (ms since the epoch), 0 for none.
+pub(crate) fn age_of_oldest(ts_ms: impl Iterator<Item = Option<i64>>) -> f64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    ts_ms
+        .flatten()
+        .min()
+        .map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
+}
 
 /// A partition just assigned, with the consumer group's committed offset and its metadata.
 #[derive(Debug, Clone)]
@@ -345,28 +372,10 @@ impl Committer for Manager {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Part {
-                partition,
-                epoch,
-                file_id,
-                key,
-                table,
-                first,
-                body,
-                budget,
-            } => {
-                if self.tracker.current(partition, epoch).is_none() {
-                    return;
+            Event::Part { file, body, budget } => {
+                if self.tracker.current(file.partition, file.epoch).is_some() {
+                    self.uploads.part(file, body, budget);
                 }
-                let f = self.uploads.file(FileId {
-                    id: file_id,
-                    partition,
-                    epoch,
-                    table,
-                    key,
-                    first,
-                });
-                let _ = f.tx.send(FileMsg::Part(body, budget));
             }
             Event::Sealed(seg) => self.sealed(seg),
             Event::Progress {
@@ -376,7 +385,7 @@ impl Committer for Manager {
                 open,
             } => {
                 if let Some(p) = self.tracker.current(partition, epoch) {
-                    p.next_offset = Some(p.next_offset.map_or(next_offset, |n| n.max(next_offset)));
+                    raise(&mut p.next_offset, next_offset);
                     p.open = open;
                 }
             }
@@ -409,22 +418,18 @@ impl Committer for Manager {
         let Some(p) = self.tracker.current(done.partition, done.epoch) else {
             return;
         };
+        let is_file = done.file_id <= FIRST_DELETE_ID / 2;
+        count_outcome(&done, is_file);
         match done.outcome {
             Outcome::Durable => {
                 p.done(done.file_id);
-                if done.file_id <= FIRST_DELETE_ID / 2 {
+                if is_file {
                     self.files_uploaded += 1;
                     self.bytes_uploaded += done.bytes;
-                    metrics::counter!("s3_sink_files_total", "table" => done.table.as_str())
-                        .increment(1);
-                    metrics::counter!("s3_sink_bytes_total", "table" => done.table.as_str())
-                        .increment(done.bytes);
                 }
             }
             Outcome::Abandoned => {}
             Outcome::Failed(msg) => {
-                metrics::counter!("s3_sink_upload_failures_total", "table" => done.table.as_str())
-                    .increment(1);
                 self.failure.get_or_insert(msg);
             }
         }
@@ -435,14 +440,8 @@ impl Committer for Manager {
     /// came since the assignment), what lies between is transaction markers, and the committed
     /// offset may move past them (to the end of the topic, when that is where it stands).
     fn advance_to_position(&mut self, partition: i32, position: i64, forwarded: Option<i64>) {
-        let Some(p) = self.tracker.partitions.get_mut(&partition) else {
-            return;
-        };
-        let Some(handled) = p.next_offset else {
-            return;
-        };
-        if forwarded.is_none_or(|f| f == handled) && position > handled {
-            p.next_offset = Some(position);
+        if let Some(p) = self.tracker.partitions.get_mut(&partition) {
+            advance_next(&mut p.next_offset, position, forwarded);
         }
     }
 
@@ -465,20 +464,12 @@ impl Committer for Manager {
 
     /// Age in seconds of the oldest record whose rows are not yet durable in S3.
     fn oldest_pending_age(&self) -> f64 {
-        let now = chrono::Utc::now().timestamp_millis();
-        let oldest = self
-            .tracker
-            .partitions
-            .values()
-            .flat_map(|p| {
-                p.segments
-                    .iter()
-                    .map(|s| s.first_ts_ms)
-                    .chain(p.open.map(|o| o.1))
-            })
-            .flatten()
-            .min();
-        oldest.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
+        age_of_oldest(self.tracker.partitions.values().flat_map(|p| {
+            p.segments
+                .iter()
+                .map(|s| s.first_ts_ms)
+                .chain(p.open.map(|o| o.1))
+        }))
     }
 
     /// Starts committing whatever changed, on a blocking thread: the loop goes on consuming
@@ -596,5 +587,49 @@ impl Committer for Manager {
                 info!(partition = p, committed = ?t.committed.as_ref().map(|c| c.0), segments = ?waiting, "Not durable: left for the next run (start, end, recorded, files in flight).");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_offset_moves_to_the_position_only_when_every_record_is_handled() {
+        // Nothing handled yet: no offset to move.
+        let mut next = None;
+        advance_next(&mut next, 10, None);
+        assert_eq!(next, None);
+        // Everything received is handled: the gap is markers, the offset moves.
+        let mut next = Some(7);
+        advance_next(&mut next, 10, Some(7));
+        assert_eq!(next, Some(10));
+        // None received since the assignment: likewise.
+        let mut next = Some(7);
+        advance_next(&mut next, 10, None);
+        assert_eq!(next, Some(10));
+        // Records received that the pipeline has not handled: the offset stays.
+        let mut next = Some(7);
+        advance_next(&mut next, 10, Some(9));
+        assert_eq!(next, Some(7));
+        // Never backwards.
+        let mut next = Some(12);
+        advance_next(&mut next, 10, Some(12));
+        assert_eq!(next, Some(12));
+        raise(&mut next, 11);
+        assert_eq!(next, Some(12));
+        raise(&mut next, 13);
+        assert_eq!(next, Some(13));
+    }
+
+    #[test]
+    fn the_oldest_age_is_zero_for_nothing_and_never_negative() {
+        assert_eq!(age_of_oldest(std::iter::empty()), 0.0);
+        assert_eq!(age_of_oldest([None, None].into_iter()), 0.0);
+        let future = chrono::Utc::now().timestamp_millis() + 60_000;
+        assert_eq!(age_of_oldest([Some(future)].into_iter()), 0.0);
+        let past = chrono::Utc::now().timestamp_millis() - 5_000;
+        let age = age_of_oldest([Some(future), None, Some(past)].into_iter());
+        assert!((5.0..10.0).contains(&age), "{age}");
     }
 }

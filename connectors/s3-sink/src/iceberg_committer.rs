@@ -25,13 +25,15 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::commit::{Assigned, CommitResult, Committer, RunningCommit};
+use crate::commit::{
+    Assigned, CommitResult, Committer, RunningCommit, advance_next, age_of_oldest, raise,
+};
 use crate::committer::{CommitError, CommitPlan, KafkaCommitter, PlannedPartition};
 use crate::lake::{Lake, NewFile, RangeCommit};
 use crate::pipeline::{Cmd, DeadLetter, Event};
 use crate::tables::Table;
 use crate::tracker::Wanted;
-use crate::uploads::{Fence, FileDone, FileId, FileMsg, Outcome, Uploads};
+use crate::uploads::{Fence, FileDone, FileId, FileMsg, Outcome, Uploads, count_outcome};
 
 /// A closed segment: its files, until all are uploaded.
 #[derive(Debug)]
@@ -130,7 +132,6 @@ pub(crate) struct IcebergCommitter {
     drained: bool,
     failure: Option<String>,
     files_uploaded: u64,
-    rows_committed: u64,
 }
 
 impl std::fmt::Debug for IcebergCommitter {
@@ -160,7 +161,6 @@ impl IcebergCommitter {
             drained: false,
             failure: None,
             files_uploaded: 0,
-            rows_committed: 0,
         }
     }
 
@@ -235,28 +235,10 @@ impl Committer for IcebergCommitter {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Part {
-                partition,
-                epoch,
-                file_id,
-                key,
-                table,
-                first,
-                body,
-                budget,
-            } => {
-                if self.current(partition, epoch).is_none() {
-                    return;
+            Event::Part { file, body, budget } => {
+                if self.current(file.partition, file.epoch).is_some() {
+                    self.uploads.part(file, body, budget);
                 }
-                let f = self.uploads.file(FileId {
-                    id: file_id,
-                    partition,
-                    epoch,
-                    table,
-                    key,
-                    first,
-                });
-                let _ = f.tx.send(FileMsg::Part(body, budget));
             }
             Event::Sealed(seg) => {
                 if self.current(seg.partition, seg.epoch).is_none() {
@@ -317,7 +299,7 @@ impl Committer for IcebergCommitter {
                 open,
             } => {
                 if let Some(p) = self.current(partition, epoch) {
-                    p.next_offset = Some(p.next_offset.map_or(next_offset, |n| n.max(next_offset)));
+                    raise(&mut p.next_offset, next_offset);
                     p.open = open;
                 }
             }
@@ -354,6 +336,7 @@ impl Committer for IcebergCommitter {
         let Some(p) = self.current(done.partition, done.epoch) else {
             return;
         };
+        count_outcome(&done, true);
         match done.outcome {
             Outcome::Durable => {
                 if let Some(s) = p
@@ -367,29 +350,17 @@ impl Committer for IcebergCommitter {
                     }
                 }
                 self.files_uploaded += 1;
-                metrics::counter!("s3_sink_files_total", "table" => done.table.as_str())
-                    .increment(1);
-                metrics::counter!("s3_sink_bytes_total", "table" => done.table.as_str())
-                    .increment(done.bytes);
             }
             Outcome::Abandoned => {}
             Outcome::Failed(msg) => {
-                metrics::counter!("s3_sink_upload_failures_total", "table" => done.table.as_str())
-                    .increment(1);
                 self.failure.get_or_insert(msg);
             }
         }
     }
 
     fn advance_to_position(&mut self, partition: i32, position: i64, forwarded: Option<i64>) {
-        let Some(p) = self.partitions.get_mut(&partition) else {
-            return;
-        };
-        let Some(handled) = p.next_offset else {
-            return;
-        };
-        if forwarded.is_none_or(|f| f == handled) && position > handled {
-            p.next_offset = Some(position);
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            advance_next(&mut p.next_offset, position, forwarded);
         }
     }
 
@@ -421,19 +392,12 @@ impl Committer for IcebergCommitter {
     }
 
     fn oldest_pending_age(&self) -> f64 {
-        let now = chrono::Utc::now().timestamp_millis();
-        let oldest = self
-            .partitions
-            .values()
-            .flat_map(|p| {
-                p.segments
-                    .iter()
-                    .map(|s| s.first_ts_ms)
-                    .chain(p.open.map(|o| o.1))
-            })
-            .flatten()
-            .min();
-        oldest.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
+        age_of_oldest(self.partitions.values().flat_map(|p| {
+            p.segments
+                .iter()
+                .map(|s| s.first_ts_ms)
+                .chain(p.open.map(|o| o.1))
+        }))
     }
 
     fn start_commit(&mut self, group: ConsumerGroupMetadata) -> Option<RunningCommit> {
@@ -556,23 +520,24 @@ impl Committer for IcebergCommitter {
                         continue;
                     };
                     p.group = Some(pp.to);
-                    let mut rows = 0;
                     while p
                         .segments
                         .front()
                         .is_some_and(|s| s.end <= pp.to && s.pending.is_empty())
                     {
                         let s = p.segments.pop_front().expect("non-empty");
-                        rows += s.files.values().map(|(_, f)| f.rows).sum::<u64>();
+                        for (t, f) in s.files.values() {
+                            metrics::counter!("s3_sink_iceberg_rows_committed_total", "table" => t.as_str())
+                                .increment(f.rows);
+                        }
                     }
-                    let before = p.dlq.len();
+                    for l in p.dlq.iter().filter(|l| l.offset < pp.to) {
+                        metrics::counter!("s3_sink_dlq_sent_total", "reason" => l.reason.as_str())
+                            .increment(1);
+                    }
                     p.dlq.retain(|l| l.offset >= pp.to);
-                    let sent = before - p.dlq.len();
-                    metrics::counter!("s3_sink_dlq_sent_total", "reason" => "any")
-                        .increment(sent as u64);
                     metrics::gauge!("s3_sink_committed_offset", "partition" => pp.partition.to_string())
                         .set(pp.to as f64);
-                    self.rows_committed += rows;
                 }
                 metrics::counter!("s3_sink_iceberg_commits_total").increment(1);
                 Ok(())

@@ -32,7 +32,7 @@ use iceberg::{
     Catalog, CatalogBuilder, ErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation,
     TableIdent,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{CatalogConfig, IcebergConfig, S3Config};
 use crate::format::{FileFormat, FileWriter};
@@ -536,6 +536,7 @@ impl Lake {
             if !todo {
                 return Ok(result);
             }
+            let n_files = files.len();
             let tx = self.transaction(t, &base, files, &merged, commit_id)?;
             let pinned = PinnedBase {
                 inner: self.catalog.clone(),
@@ -544,6 +545,14 @@ impl Lake {
             match tx.commit(&pinned).await {
                 Ok(table) => {
                     self.check_ids(t, &table)?;
+                    debug!(
+                        table = %name,
+                        snapshot = ?table.metadata().current_snapshot_id(),
+                        files = n_files,
+                        attempt,
+                        commit_id,
+                        "Snapshot committed."
+                    );
                     return Ok(result);
                 }
                 Err(e) if e.kind() == ErrorKind::CatalogCommitConflicts => {

@@ -28,6 +28,7 @@ use crate::rolling::{FileSize, RollReason, RollingPolicy};
 use crate::schemas::Evolver;
 use crate::tables::Table;
 use crate::transform::{Prepared, Refusal, Transform};
+use crate::uploads::FileId;
 use form_model::avro::Schemas;
 use form_model::avro_encode::EncodedRows;
 use form_transforms::{Input, Output, TransformError};
@@ -167,13 +168,7 @@ pub(crate) struct DeadLetter {
 pub(crate) enum Event {
     /// A full part of an open file (part 2, 3, …).
     Part {
-        partition: i32,
-        epoch: u64,
-        file_id: u64,
-        key: String,
-        table: Table,
-        /// The segment's first offset.
-        first: i64,
+        file: FileId,
         body: Vec<u8>,
         budget: BudgetGuard,
     },
@@ -1017,23 +1012,22 @@ impl Pipeline {
             if let Some(seg) = ps.segment.as_mut() {
                 for f in seg.files.values_mut() {
                     while let Some(body) = f.enc.take_part() {
-                        out.push((*p, ps.epoch, f.id, f.key.clone(), f.table, seg.start, body));
+                        let file = FileId {
+                            id: f.id,
+                            partition: *p,
+                            epoch: ps.epoch,
+                            table: f.table,
+                            key: f.key.clone(),
+                            first: seg.start,
+                        };
+                        out.push((file, body));
                     }
                 }
             }
         }
-        for (partition, epoch, file_id, key, table, first, body) in out {
+        for (file, body) in out {
             let budget = self.inflight.acquire(body.len());
-            if !self.emit(Event::Part {
-                partition,
-                epoch,
-                file_id,
-                key,
-                table,
-                first,
-                body,
-                budget,
-            }) {
+            if !self.emit(Event::Part { file, body, budget }) {
                 break;
             }
         }

@@ -110,6 +110,23 @@ pub(crate) struct FileId {
     pub(crate) first: i64,
 }
 
+/// Counts a task's outcome in the metrics: files and bytes made durable (`is_file`: not a
+/// deletion), failures, by table.
+pub(crate) fn count_outcome(done: &FileDone, is_file: bool) {
+    let table = done.table.as_str();
+    match &done.outcome {
+        Outcome::Durable if !is_file => {}
+        Outcome::Durable => {
+            metrics::counter!("s3_sink_files_total", "table" => table).increment(1);
+            metrics::counter!("s3_sink_bytes_total", "table" => table).increment(done.bytes);
+        }
+        Outcome::Abandoned => {}
+        Outcome::Failed(_) => {
+            metrics::counter!("s3_sink_upload_failures_total", "table" => table).increment(1);
+        }
+    }
+}
+
 /// The file tasks of a committer: one per file (or deletion), by file id.
 pub(crate) struct Uploads {
     ctx: Arc<UploadCtx>,
@@ -161,6 +178,11 @@ impl Uploads {
                 multipart,
             }
         })
+    }
+
+    /// A full part of `file` (its task started if new): it uploads at once.
+    pub(crate) fn part(&mut self, file: FileId, body: Vec<u8>, budget: BudgetGuard) {
+        let _ = self.file(file).tx.send(FileMsg::Part(body, budget));
     }
 
     /// A task reported its end.
