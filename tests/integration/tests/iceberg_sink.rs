@@ -1,7 +1,7 @@
 //! s3-sink with `output: iceberg` against the real local cluster: exactly once across `kill -9`
 //! (counted by DuckDB, duplicates looked for by key), two sinks of one group committing to the
 //! same tables, and a new attribute that adds a column mid-run (DuckDB reads the old snapshot
-//! without it and the new one with it). Readers: pyiceberg and DuckDB's `iceberg_scan`.
+//! without it and the new one with it), and S3 down mid-run. Readers: pyiceberg and DuckDB's `iceberg_scan`.
 //!
 //! Needs `cargo build --release -p s3-sink` and `make cluster-up` (the REST catalog included).
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use form_etl_tests::consume_to_end;
 use form_etl_tests::iceberg_support::{Catalog, namespace, read_tables, snapshot_offsets};
+use form_etl_tests::private_cluster::PrivateS3;
 use form_etl_tests::sink_support::*;
 use serde_json::{Value, json};
 
@@ -356,4 +357,101 @@ async fn iceberg_a_crash_before_the_kafka_transaction_sends_each_dead_letter_onc
         return Ok(());
     }
     crash_between_commits("form_field").await
+}
+
+/// S3 down mid-run: its server (a private one) `kill -9`ed for 15 s while new records arrive,
+/// then started again on the same port and directory; then four short stalls (`kill -STOP`
+/// for 2 s at a random moment while records arrive), which may catch a commit writing the
+/// table's metadata. The data files' uploads and the catalog's metadata reads and writes fail
+/// or hang meanwhile (records without rows, produced during the outage, need a commit and no
+/// upload: their commit meets the outage for sure); the sink stays up, retries, and once S3 is
+/// back commits every row and sends every dead letter once (no data file of a failed attempt
+/// is referenced).
+#[tokio::test(flavor = "multi_thread")]
+async fn iceberg_s3_down_mid_run_then_back_commits_every_row_once() -> Result<()> {
+    if !cluster_available("iceberg s3 down") {
+        return Ok(());
+    }
+    let (topic, dlq) = topics("ice-s3").await?;
+    let dir = root().join("target/it").join(unique("ice-s3"));
+    let mut s3 =
+        PrivateS3::start(&dir.join("data"), &dir, free_port(), "admin", "password").await?;
+    s3.create_bucket("output").await?;
+    let setup = SinkSetup::new(
+        "ice-s3",
+        &topic,
+        &dlq,
+        &s3.endpoint(),
+        "output",
+        "  idle-flush: 1s\n",
+    )?;
+    let ns = namespace();
+    let catalog = Catalog::sql(&setup.dir, &setup.bucket);
+    setup.append_config(&catalog.output(&ns, "  commit-interval: 1s\n"))?;
+    let n = 6_000;
+    let (recs, fields) = enriched_records(n, "s", PARTITIONS);
+    let mut chunks = recs.chunks(n / 6);
+    let poison: Vec<(i32, String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                i % PARTITIONS,
+                format!("poison-{i}"),
+                b"not json {".to_vec(),
+            )
+        })
+        .collect();
+    produce(&topic, chunks.next().expect("chunk")).await?;
+    let mut child = setup.spawn(&[])?;
+    let res = async {
+        wait_committed(&setup, PARTITIONS, Duration::from_secs(120)).await?;
+        s3.down()?;
+        // Records without rows first: their range needs no upload, only a commit, which
+        // must reach S3 for the table's metadata (and fails).
+        produce(&topic, &poison).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        produce(&topic, chunks.next().expect("chunk")).await?;
+        // The outage: commit intervals come and go while every S3 request fails.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "the sink ended while S3 was down:\n{}",
+            setup.log()
+        );
+        s3.up().await?;
+        for chunk in chunks.by_ref() {
+            produce(&topic, chunk).await?;
+            tokio::time::sleep(Duration::from_millis(200 + rand::random::<u64>() % 1000)).await;
+            s3.stop()?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            s3.cont()?;
+        }
+        wait_committed(&setup, PARTITIONS, Duration::from_secs(180)).await
+    }
+    .await;
+    let _ = s3.cont();
+    let status = terminate(&mut child, Duration::from_secs(60))?;
+    res.with_context(|| setup.log())?;
+    assert!(status.success(), "exit status {status}\n{}", setup.log());
+    let log = setup.log();
+    let lake_failures = [
+        "Loading the table failed",
+        "outcome is unknown",
+        "Commit failed",
+    ]
+    .iter()
+    .map(|m| log.matches(m).count())
+    .sum::<usize>();
+    assert!(
+        lake_failures > 0,
+        "no commit met the outage (the test did not test it):\n{log}"
+    );
+    let t = read_tables(
+        &catalog,
+        &ns,
+        json!({"key": keys(), "s3_endpoint": s3.endpoint()}),
+    )?;
+    check_tables(&t, &setup, n, fields)?;
+    let letters = consume_to_end(&dlq, Duration::from_secs(60)).await?;
+    assert_eq!(letters.len(), poison.len(), "dead letters, each once");
+    Ok(())
 }
