@@ -192,6 +192,57 @@ where
     Ok(Throughput::new(n, bytes, s, s))
 }
 
+/// Produces `records` to a fresh `topic` one at a time; after each one's acknowledgement,
+/// waits until `group`'s committed offsets on the topic sum to the records produced so far.
+/// Returns, per record, the seconds from its acknowledgement to that commit (`pause(i)` is
+/// slept before record `i`). Gives up after `deadline` per record.
+pub(crate) fn produce_until_committed(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+    records: &[(Vec<u8>, Vec<u8>)],
+    pause: impl Fn(usize) -> Duration,
+    deadline: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    let p: BaseProducer<Counting> = producer_config(brokers, "none")
+        .set("linger.ms", "0")
+        .create_with_context(Counting::default())
+        .context("creating producer")?;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the offsets reader")?;
+    let mut out = Vec::with_capacity(records.len());
+    for (i, (key, value)) in records.iter().enumerate() {
+        std::thread::sleep(pause(i));
+        send_blocking(&p, BaseRecord::to(topic).key(&key[..]).payload(&value[..]))?;
+        p.flush(Duration::from_secs(30))
+            .context("flushing producer")?;
+        let errors = p.context().errors.load(Ordering::Relaxed);
+        if errors > 0 {
+            bail!("a record failed to be delivered to {topic}");
+        }
+        let acked = Instant::now();
+        let want = i as u64 + 1;
+        loop {
+            if committed_sum(&c, topic, partitions).is_some_and(|n| n >= want) {
+                out.push(acked.elapsed().as_secs_f64());
+                break;
+            }
+            if acked.elapsed() > deadline {
+                bail!(
+                    "record {want} of {topic} not committed by group {group} within {deadline:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(out)
+}
+
 /// Consumes `topic` in a fresh consumer group (read_committed) until `expect` records arrived;
 /// does nothing with them.
 pub(crate) fn consume(
@@ -333,23 +384,7 @@ pub(crate) fn spawn_probe(
                     })
                     .sum::<Result<u64, _>>()
                     .ok(),
-                Probe::Committed { topic, .. } => {
-                    let mut tpl = TopicPartitionList::new();
-                    for p in 0..partitions {
-                        tpl.add_partition(topic, p);
-                    }
-                    c.committed_offsets(tpl, Duration::from_secs(2))
-                        .ok()
-                        .map(|t| {
-                            t.elements()
-                                .iter()
-                                .map(|e| match e.offset() {
-                                    Offset::Offset(o) => o.max(0) as u64,
-                                    _ => 0,
-                                })
-                                .sum()
-                        })
-                }
+                Probe::Committed { topic, .. } => committed_sum(&c, topic, partitions),
             };
             if let Some(count) = count {
                 samples.push((start.elapsed().as_secs_f64(), count));
@@ -361,6 +396,26 @@ pub(crate) fn spawn_probe(
         }
         samples
     })
+}
+
+/// Sum of the committed offsets of `c`'s group on `topic` (`None` when the broker does not
+/// answer).
+pub(crate) fn committed_sum(c: &BaseConsumer, topic: &str, partitions: i32) -> Option<u64> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(2))
+        .ok()
+        .map(|t| {
+            t.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o.max(0) as u64,
+                    _ => 0,
+                })
+                .sum()
+        })
 }
 
 /// Steady rate from probe samples: records per second between the first sample at or above

@@ -226,6 +226,27 @@ struct SinkOutputRun {
     commits_metric: Option<f64>,
     /// Iceberg: commits (snapshots of the table with the most) per minute, spawn to exit.
     commits_per_min: Option<f64>,
+    /// Iceberg: how long a record waits until it is committed, records arriving one at a time.
+    #[serde(default)]
+    visibility: Option<Visibility>,
+}
+
+/// Iceberg, a second run on its own topic: the sink caught up, records produced one at a time
+/// at phases spread over the commit cycle, each timed from its acknowledgement until the
+/// group's committed offset passes it. The Kafka commit follows the tables' commits, so the
+/// rows were visible in the tables by then: an upper bound of the wait.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct Visibility {
+    commit_interval_s: f64,
+    /// The first record (the first commit of the run), not in `samples_s`.
+    warmup_s: f64,
+    samples_s: Vec<f64>,
+}
+
+impl Visibility {
+    fn max(&self) -> Option<f64> {
+        self.samples_s.iter().copied().reduce(f64::max)
+    }
 }
 
 impl SinkOutputRun {
@@ -527,6 +548,7 @@ async fn one_repeat(ctx: &Ctx, r: usize) -> anyhow::Result<Repeat> {
         t_enriched.clone(),
         t_pipe.clone(),
         ctx.topic(r, "dlq"),
+        ctx.topic(r, "vis"),
         t_cold_events.clone(),
         t_cold_enriched.clone(),
         t_e2e_events.clone(),
@@ -895,6 +917,7 @@ async fn sink_output(
         stored,
         commits_per_min,
         run,
+        visibility: None,
     };
     say(format_args!(
         "[r{r}] s3-sink {name}: {:.0} events/s (steady {:?}), exit {:?}, peak RSS {:.0} MiB, \
@@ -916,11 +939,104 @@ async fn sink_output(
         o.commits_per_min.unwrap_or(f64::NAN),
         o.commits_metric,
     ));
+    let mut o = o;
+    if output == SinkOutput::Iceberg && o.run.ok {
+        match iceberg_visibility(ctx, r, events_topic).await {
+            Ok(v) => {
+                say(format_args!(
+                    "[r{r}] s3-sink iceberg: committed {:?} s after arriving (max {:?} s, commit interval {} s; first record {:.2} s)",
+                    v.samples_s
+                        .iter()
+                        .map(|x| (x * 100.0).round() / 100.0)
+                        .collect::<Vec<_>>(),
+                    v.max().map(|x| (x * 100.0).round() / 100.0),
+                    v.commit_interval_s,
+                    v.warmup_s
+                ));
+                o.visibility = Some(v);
+            }
+            Err(e) => note(rep, format!("s3-sink iceberg, visibility: {e:#}")),
+        }
+    }
     if output == SinkOutput::Avro {
         rep.s3_sink = Some(o.run.clone());
     }
     rep.sink_outputs.push(o);
     Ok(())
+}
+
+/// Records timed in [`iceberg_visibility`] (after one warm-up record).
+const VISIBILITY_RECORDS: usize = 8;
+
+/// See [`Visibility`]. The sink runs with the Iceberg output on the fresh topic `vis` until
+/// the records are timed, then is stopped (SIGTERM).
+async fn iceberg_visibility(ctx: &Ctx, r: usize, events_topic: &str) -> anyhow::Result<Visibility> {
+    let a = &ctx.args;
+    let topic = ctx.topic(r, "vis");
+    let rw = ctx.rewrite(
+        r,
+        "sink-ice-vis",
+        events_topic,
+        &topic,
+        &ctx.api_base,
+        a.sink_metrics_port,
+    );
+    let ice = ctx.iceberg_settings(r)?;
+    let place = outputs::placement(SinkOutput::Iceberg, &rw.bucket, &rw.prefix, &ice)?;
+    let file = format!("r{r}-s3-sink-iceberg-visibility");
+    let cfg = ctx.config_with(
+        &ctx.sink,
+        &rw,
+        std::slice::from_ref(&place.set_output),
+        &format!("{file}.yaml"),
+    )?;
+    let log = a.out_dir.join("logs").join(format!("{file}.log"));
+    let m = monitor::spawn(
+        ctx.sink.name,
+        ctx.sink.command(&cfg, u64::MAX),
+        &log,
+        a.stage_timeout,
+    )?;
+    let interval = a.iceberg_commit_interval;
+    let records: Vec<(Vec<u8>, Vec<u8>)> = ctx
+        .events
+        .iter()
+        .take(VISIBILITY_RECORDS + 1)
+        .enumerate()
+        .map(|(i, e)| {
+            let form = ctx.forms.get(e.form).map_or(&b"null"[..], |f| &f[..]);
+            let v = events::enriched(&e.value, form, events_topic, 0, i as i64);
+            (e.form_id.clone().into_bytes(), v)
+        })
+        .collect();
+    let (b, t, g, parts) = (
+        a.brokers.clone(),
+        topic.clone(),
+        rw.group.clone(),
+        a.partitions,
+    );
+    let timed = blocking(move || {
+        kafka::produce_until_committed(
+            &b,
+            &t,
+            &g,
+            parts,
+            &records,
+            // Arrivals at phases spread over the commit cycle (the golden ratio's steps).
+            |i| interval.mul_f64((i as f64 * 0.618_034).fract()),
+            interval * 4 + Duration::from_secs(30),
+        )
+    })
+    .await;
+    m.stop();
+    let proc = blocking(move || m.join()).await;
+    let mut samples = timed.with_context(|| format!("see {}", proc.log))?;
+    let warmup_s = samples.remove(0);
+    Ok(Visibility {
+        commit_interval_s: interval.as_secs_f64(),
+        warmup_s,
+        samples_s: samples,
+    })
 }
 
 async fn end_to_end(ctx: &Ctx, r: usize, rep: &mut Repeat, n: u64) -> anyhow::Result<()> {
@@ -1611,6 +1727,19 @@ fn write_outputs(
                 bytes_per_event: m(&|o| o.bytes_per_event()),
                 other_bytes_per_row: m(&|o| o.other_bytes_per_row()),
                 commits_per_min: m(&|o| o.commits_per_min),
+                visible_max_s: present
+                    .iter()
+                    .filter_map(|o| o.visibility.as_ref().and_then(Visibility::max))
+                    .reduce(f64::max),
+                visible_median_s: median(
+                    present
+                        .iter()
+                        .filter_map(|o| o.visibility.as_ref())
+                        .flat_map(|v| v.samples_s.iter().map(|x| Some(*x))),
+                ),
+                commit_interval_s: present
+                    .iter()
+                    .find_map(|o| o.visibility.as_ref().map(|v| v.commit_interval_s)),
             }
         })
         .collect();

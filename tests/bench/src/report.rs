@@ -146,7 +146,15 @@ pub(crate) struct OutputRow {
     pub(crate) other_bytes_per_row: Option<f64>,
     /// Iceberg commits per minute.
     pub(crate) commits_per_min: Option<f64>,
+    /// Iceberg: seconds from a record's arrival until it is committed (records one at a time),
+    /// the largest and the median over every repeat, at this commit interval.
+    pub(crate) visible_max_s: Option<f64>,
+    pub(crate) visible_median_s: Option<f64>,
+    pub(crate) commit_interval_s: Option<f64>,
 }
+
+/// Rows should be visible within the commit interval plus this.
+const VISIBLE_SLACK_S: f64 = 2.0;
 
 /// The table of the sink's outputs, then the Iceberg/Avro CPU line: `ratio` is Iceberg's CPU
 /// per event over Avro's, against `target` (at most).
@@ -187,6 +195,22 @@ pub(crate) fn outputs_table(rows: &[OutputRow], ratio: Option<f64>, target: f64)
         );
     }
     let _ = writeln!(s);
+    for r in rows {
+        if let (Some(max), Some(interval)) = (r.visible_max_s, r.commit_interval_s) {
+            let _ = writeln!(
+                s,
+                "{}: a record arriving alone is committed (its rows visible) within {max:.2} s, median {} s, at a commit interval of {interval} s (target ≤ interval + {VISIBLE_SLACK_S} s = {} s: {}).\n",
+                r.output,
+                fmt_num(r.visible_median_s),
+                interval + VISIBLE_SLACK_S,
+                if max <= interval + VISIBLE_SLACK_S {
+                    "met"
+                } else {
+                    "**not met**"
+                }
+            );
+        }
+    }
     match ratio {
         Some(x) => {
             let _ = writeln!(
