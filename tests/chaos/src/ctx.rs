@@ -89,6 +89,7 @@ pub(crate) struct Ctx {
     pub(crate) deadline: Instant,
     pub(crate) shipped_source: serde_yaml::Value,
     pub(crate) shipped_sink: serde_yaml::Value,
+    pub(crate) shipped_sink_iceberg: serde_yaml::Value,
 }
 
 fn sha256_file(p: &Path) -> anyhow::Result<String> {
@@ -193,6 +194,7 @@ impl Ctx {
         Ok(Self {
             shipped_source: read("config/form-events-source.yaml")?,
             shipped_sink: read("config/form-s3-sink.yaml")?,
+            shipped_sink_iceberg: read("config/form-s3-sink-iceberg.yaml")?,
             root,
             run_dir: run_dir.to_owned(),
             bins,

@@ -14,6 +14,11 @@
 //! the same rows; every valid event enriched exactly once and no poison event enriched; every
 //! poison event dead-lettered exactly once with its reason, key and value untouched; no other
 //! dead letter; no secret in any log or `/health`/`/metrics` answer; no exit but ours.
+//!
+//! An `output: iceberg` run has no files to name or range: each table is read whole, by DuckDB's
+//! `iceberg_scan` (the rows judged) and by pyiceberg (the same rows, counted against DuckDB's),
+//! and the newest snapshot holding the group's offsets must hold the enriched topic's end for
+//! every partition.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -90,6 +95,76 @@ pub(crate) fn object_from_json(key: String, v: &serde_json::Value) -> ObjectRead
     }
 }
 
+/// Parses the per-table JSON of `read_iceberg.py`: one [`ObjectRead`] per table (its rows, as
+/// DuckDB reads them) and what the oracle checks of the table itself. `topic`: the enriched
+/// topic, whose offsets the snapshots hold.
+pub(crate) fn tables_from_json(
+    namespace: &str,
+    topic: &str,
+    v: &serde_json::Value,
+) -> (Vec<ObjectRead>, Vec<TableRead>) {
+    let mut objects = Vec::new();
+    let mut tables = Vec::new();
+    for name in ["form", "form_field"] {
+        let t = &v[name];
+        let error = match (t.is_object(), t["error"].as_str()) {
+            (false, _) => Some("the reader printed nothing for it".to_owned()),
+            (true, Some(e)) => Some(e.to_owned()),
+            (true, None) => None,
+        };
+        let mut o = object_from_json(
+            format!("iceberg table {namespace}.{name}"),
+            &serde_json::json!({"meta": {"form_etl.table": name}, "rows": t["rows"]}),
+        );
+        o.error = error.clone();
+        objects.push(o);
+        let offsets = t["offsets"].as_str().map(|json| {
+            serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| {
+                    v[topic].as_object().map(|m| {
+                        m.iter()
+                            .filter_map(|(p, o)| Some((p.parse().ok()?, o.as_i64()?)))
+                            .collect::<BTreeMap<i32, i64>>()
+                    })
+                })
+                .ok_or_else(|| format!("unreadable: {json}"))
+        });
+        tables.push(TableRead {
+            name: name.to_owned(),
+            pyiceberg_rows: t["pyiceberg_rows"].as_u64().unwrap_or(0),
+            disagreeing_rows: t["disagreeing_rows"].as_u64().unwrap_or(0),
+            snapshots: t["snapshots"].as_u64().unwrap_or(0) as usize,
+            offsets,
+            error,
+        });
+    }
+    (objects, tables)
+}
+
+/// One table of an `output: iceberg` run, as `read_iceberg.py` reads it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TableRead {
+    pub(crate) name: String,
+    /// Rows as pyiceberg reads them.
+    pub(crate) pyiceberg_rows: u64,
+    /// Rows one reader has and the other has not (as many times).
+    pub(crate) disagreeing_rows: u64,
+    pub(crate) snapshots: usize,
+    /// The enriched topic's offsets in the newest snapshot that holds the group's, by
+    /// partition; `None`: no snapshot holds them; `Err`: they could not be read.
+    pub(crate) offsets: Option<Result<BTreeMap<i32, i64>, String>>,
+    pub(crate) error: Option<String>,
+}
+
+/// An `output: iceberg` run's tables.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TablesRead {
+    pub(crate) tables: Vec<TableRead>,
+    /// The enriched topic's end offsets, by partition.
+    pub(crate) topic_end: Vec<i64>,
+}
+
 /// One record of the enriched topic: where it is and the event it says it enriches.
 #[derive(Debug, Clone)]
 pub(crate) struct EnrichedRec {
@@ -116,8 +191,11 @@ pub(crate) struct Observations {
     pub(crate) ledger: Ledger,
     pub(crate) enriched: Vec<EnrichedRec>,
     pub(crate) letters: Vec<Letter>,
+    /// Files read with fastavro, or (`output: iceberg`) one entry per table read with DuckDB.
     pub(crate) objects: Vec<ObjectRead>,
     pub(crate) avro_tools_rows: Option<u64>,
+    /// `output: iceberg`: the tables themselves (`None` for file outputs).
+    pub(crate) tables: Option<TablesRead>,
     /// Where a secret value was seen (logs, `/health`, `/metrics`).
     pub(crate) secret_hits: Vec<String>,
     pub(crate) exits: Vec<ExitRecord>,
@@ -148,8 +226,13 @@ pub(crate) struct Findings {
     pub(crate) overlaps: usize,
     pub(crate) bad_keys: usize,
     pub(crate) misplaced: usize,
-    pub(crate) fastavro_rows: u64,
+    /// Rows read by the first reader (fastavro; DuckDB for `output: iceberg`).
+    pub(crate) rows_read: u64,
     pub(crate) avro_tools_rows: Option<u64>,
+    /// `output: iceberg`: per table, what its snapshots and the second reader say.
+    pub(crate) tables: Vec<String>,
+    /// `output: iceberg`: partitions whose stored offset is not the topic's end (per table).
+    pub(crate) offset_mismatches: usize,
     pub(crate) enriched: usize,
     pub(crate) enriched_dups: usize,
     pub(crate) enriched_missing: usize,
@@ -276,32 +359,38 @@ pub(crate) fn judge(obs: &Observations, catalog: &HashMap<String, Vec<String>>) 
     // (table, partition, event date) → (first, end, key) of each object.
     type Ranges<'a> = BTreeMap<(String, i32, String), Vec<(i64, i64, &'a str)>>;
     let mut ranges: Ranges<'_> = BTreeMap::new();
+    let files = obs.tables.is_none();
     for o in &obs.objects {
         if let Some(e) = &o.error {
             f.unreadable += 1;
             failures.push(format!("unreadable object {}: {e}", o.key));
             continue;
         }
-        f.fastavro_rows += o.rows.len() as u64;
-        let (Some(table), Some(p), Some(date), Some(first), Some(end)) =
-            (&o.table, o.partition, &o.date, o.first, o.end)
-        else {
-            bad_keys.push(format!("{} (form_etl metadata missing)", o.key));
-            continue;
-        };
-        let want_key = format!(
-            "{}/{table}/event_date={date}/{}+{p}+{first:020}.avro",
-            obs.prefix, obs.enriched_topic
-        );
-        if o.key != want_key || o.topic.as_deref() != Some(obs.enriched_topic.as_str()) {
-            bad_keys.push(o.key.clone());
+        f.rows_read += o.rows.len() as u64;
+        // A file's (partition, first, end); a table has none.
+        let mut range = None;
+        if files {
+            let (Some(table), Some(p), Some(date), Some(first), Some(end)) =
+                (&o.table, o.partition, &o.date, o.first, o.end)
+            else {
+                bad_keys.push(format!("{} (form_etl metadata missing)", o.key));
+                continue;
+            };
+            let want_key = format!(
+                "{}/{table}/event_date={date}/{}+{p}+{first:020}.avro",
+                obs.prefix, obs.enriched_topic
+            );
+            if o.key != want_key || o.topic.as_deref() != Some(obs.enriched_topic.as_str()) {
+                bad_keys.push(o.key.clone());
+            }
+            ranges
+                .entry((table.clone(), p, date.clone()))
+                .or_default()
+                .push((first, end, o.key.as_str()));
+            range = Some((p, first, end));
         }
-        ranges
-            .entry((table.clone(), p, date.clone()))
-            .or_default()
-            .push((first, end, o.key.as_str()));
         let in_file = |us: i64| -> bool {
-            let Some(ex) = by_us.get(&us) else {
+            let (Some(ex), Some((p, first, end))) = (by_us.get(&us), range) else {
                 return true;
             };
             enriched_at.get(&ex.pos).is_none_or(|at| {
@@ -482,12 +571,13 @@ pub(crate) fn judge(obs: &Observations, catalog: &HashMap<String, Vec<String>>) 
             sample(&misplaced)
         ));
     }
-    match f.avro_tools_rows {
-        Some(n) if n != f.fastavro_rows => failures.push(format!(
+    match (&obs.tables, f.avro_tools_rows) {
+        (Some(tables), _) => judge_tables(obs, tables, &mut f, &mut failures),
+        (None, Some(n)) if n != f.rows_read => failures.push(format!(
             "avro-tools counts {n} rows, fastavro {}",
-            f.fastavro_rows
+            f.rows_read
         )),
-        None if !obs.objects.is_empty() => {
+        (None, None) if !obs.objects.is_empty() => {
             failures.push("avro-tools did not count the rows (jar or java missing)".into())
         }
         _ => {}
@@ -528,6 +618,78 @@ pub(crate) fn judge(obs: &Observations, catalog: &HashMap<String, Vec<String>>) 
     }
     f.failures = failures;
     f
+}
+
+/// `output: iceberg`: both tables read, pyiceberg agreeing with DuckDB row for row, and the
+/// newest snapshot holding the group's offsets at the topic's end for every partition.
+fn judge_tables(
+    obs: &Observations,
+    tables: &TablesRead,
+    f: &mut Findings,
+    failures: &mut Vec<String>,
+) {
+    for name in ["form", "form_field"] {
+        if !tables.tables.iter().any(|t| t.name == name) {
+            failures.push(format!("table {name} was not read"));
+        }
+    }
+    for t in &tables.tables {
+        if t.error.is_some() {
+            // Reported with the unreadable objects.
+            f.tables.push(format!("{}: unreadable", t.name));
+            continue;
+        }
+        let duckdb: usize = obs
+            .objects
+            .iter()
+            .filter(|o| o.table.as_deref() == Some(t.name.as_str()))
+            .map(|o| o.rows.len())
+            .sum();
+        if t.pyiceberg_rows != duckdb as u64 || t.disagreeing_rows > 0 {
+            failures.push(format!(
+                "{}: pyiceberg reads {} rows, DuckDB {duckdb}; {} rows differ",
+                t.name, t.pyiceberg_rows, t.disagreeing_rows
+            ));
+        }
+        let offsets = match &t.offsets {
+            None => {
+                failures.push(format!("{}: no snapshot holds the group's offsets", t.name));
+                f.offset_mismatches += tables.topic_end.len();
+                f.tables.push(format!("{}: no offsets stored", t.name));
+                continue;
+            }
+            Some(Err(e)) => {
+                failures.push(format!("{}: its stored offsets are {e}", t.name));
+                f.offset_mismatches += tables.topic_end.len();
+                f.tables.push(format!("{}: offsets unreadable", t.name));
+                continue;
+            }
+            Some(Ok(o)) => o,
+        };
+        let wrong: Vec<String> = tables
+            .topic_end
+            .iter()
+            .enumerate()
+            .filter_map(|(p, end)| {
+                let got = offsets.get(&(p as i32)).copied();
+                // A partition with no record needs no stored offset.
+                (got != Some(*end) && !(got.is_none() && *end == 0))
+                    .then(|| format!("p{p}: stored {got:?}, end {end}"))
+            })
+            .collect();
+        f.offset_mismatches += wrong.len();
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{}: the newest snapshot's offsets are not the topic's end: {}",
+                t.name,
+                wrong.join(", ")
+            ));
+        }
+        f.tables.push(format!(
+            "{}: {} snapshots, pyiceberg {} rows = DuckDB {duckdb}, stored offsets {:?} (topic end {:?})",
+            t.name, t.snapshots, t.pyiceberg_rows, offsets, tables.topic_end
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -613,6 +775,7 @@ mod tests {
                 ),
             ],
             avro_tools_rows: Some(6),
+            tables: None,
             ledger: Ledger { events },
             secret_hits: vec![],
             exits: vec![],
@@ -700,5 +863,66 @@ mod tests {
         });
         let f = judge(&o, &catalog);
         assert_eq!(f.failures.len(), 3, "{:?}", f.failures);
+    }
+
+    /// The clean run as an `output: iceberg` one: the two tables as `read_iceberg.py` prints
+    /// them (`offsets`: the stored JSON of both).
+    fn iceberg(offsets: &str) -> Observations {
+        let (mut obs, _) = clean();
+        let v = serde_json::json!({
+            "form": {"rows": [["form-000001", 1000], ["form-000001", 1001]],
+                     "pyiceberg_rows": 2, "disagreeing_rows": 0, "snapshots": 3, "offsets": offsets},
+            "form_field": {"rows": [["form-000001", 1000, "q1"], ["form-000001", 1000, "q2"],
+                                    ["form-000001", 1001, "q1"], ["form-000001", 1001, "q2"]],
+                           "pyiceberg_rows": 4, "disagreeing_rows": 0, "snapshots": 3,
+                           "offsets": offsets},
+        });
+        let (objects, tables) = tables_from_json("ns", "enr", &v);
+        obs.objects = objects;
+        obs.avro_tools_rows = None;
+        obs.tables = Some(TablesRead {
+            tables,
+            topic_end: vec![3],
+        });
+        obs
+    }
+
+    #[test]
+    fn a_clean_iceberg_run_passes_and_its_corruptions_are_caught() {
+        let (_, catalog) = clean();
+        let f = judge(&iceberg(r#"{"enr":{"0":3}}"#), &catalog);
+        assert!(f.failures.is_empty(), "{:?}", f.failures);
+        assert_eq!((f.rows_found(), f.rows_read, f.tables.len()), (6, 6, 2));
+        // Offsets behind the topic's end, none stored, unreadable.
+        let f = judge(&iceberg(r#"{"enr":{"0":2}}"#), &catalog);
+        assert_eq!(
+            (f.offset_mismatches, f.failures.len()),
+            (2, 2),
+            "{:?}",
+            f.failures
+        );
+        let f = judge(&iceberg(r#"{"other":{"0":3}}"#), &catalog);
+        assert_eq!(f.offset_mismatches, 2, "{:?}", f.failures);
+        let mut o = iceberg(r#"{"enr":{"0":3}}"#);
+        for t in &mut o.tables.as_mut().unwrap().tables {
+            t.offsets = None;
+        }
+        assert_eq!(judge(&o, &catalog).offset_mismatches, 2);
+        // A row twice (both readers), a row only DuckDB has, a table that cannot be read.
+        let mut o = iceberg(r#"{"enr":{"0":3}}"#);
+        let row = o.objects[0].rows[0].clone();
+        o.objects[0].rows.push(row);
+        o.tables.as_mut().unwrap().tables[0].pyiceberg_rows = 3;
+        let f = judge(&o, &catalog);
+        assert_eq!((f.form_dups, f.failures.len()), (1, 1), "{:?}", f.failures);
+        o.tables.as_mut().unwrap().tables[0].disagreeing_rows = 1;
+        assert_eq!(judge(&o, &catalog).failures.len(), 2);
+        let mut o = iceberg(r#"{"enr":{"0":3}}"#);
+        o.objects[1].error = Some("NoSuchTableError".into());
+        o.tables.as_mut().unwrap().tables[1].error = Some("NoSuchTableError".into());
+        let f = judge(&o, &catalog);
+        assert_eq!((f.unreadable, f.field_missing), (1, 4), "{:?}", f.failures);
+        // No key names or offset ranges are asked of tables.
+        assert_eq!((f.bad_keys, f.overlaps, f.misplaced), (0, 0, 0));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use form_etl_tests::sink_support::{committed, count_with_avro_tools, end_offsets};
+use form_etl_tests::sink_support::{committed, count_with_avro_tools, end_offsets, python_rows};
 use form_etl_tests::source_support::metric_sum;
 use form_etl_tests::{Received, consume_to_end, free_port, http_client, list_keys, unique_name};
 use serde_yaml::Value;
@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::ctx::{BUCKET, Ctx, S3_ACCESS_KEY};
 use crate::flow::{self, Flow, Generator, Ledger, Plan, Times};
-use crate::oracle::{self, EnrichedRec, Letter, ObjectRead, Observations};
+use crate::oracle::{self, EnrichedRec, Letter, ObjectRead, Observations, TablesRead};
 use crate::supervisor::{ConnectorSpec, ExitRecord, Kill, Supervisor};
 
 /// Time the oracle and the shutdown need at the end of a scenario (kept out of the drain wait).
@@ -28,9 +28,31 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// `a/b/c` = `yaml text` replacements of a connector config.
 pub(crate) type Overrides = Vec<(&'static str, String)>;
 
+/// Where a scenario's sinks write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Avro files, from `config/form-s3-sink.yaml`.
+    Files,
+    /// Iceberg tables on the embedded SQL catalog, from `config/form-s3-sink-iceberg.yaml`: the
+    /// catalog's SQLite file in the scenario's directory, the warehouse in the chaos bucket.
+    Iceberg,
+}
+
+/// The Iceberg tables of an `output: iceberg` pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct IcebergTables {
+    pub(crate) sqlite_file: PathBuf,
+    pub(crate) warehouse: String,
+    pub(crate) namespace: String,
+}
+
+/// The SQL catalog's name (the sink's default `output.catalog.name`).
+const ICEBERG_CATALOG_NAME: &str = "form_etl";
+
 /// What a scenario's pipeline looks like.
 #[derive(Debug, Clone)]
 pub(crate) struct PipelineOpts {
+    pub(crate) output: Output,
     pub(crate) partitions: i32,
     /// Replacements in the sink's config (after the ones pointing it at the private cluster).
     pub(crate) sink: Overrides,
@@ -84,6 +106,9 @@ pub(crate) struct Pipeline {
     pub(crate) prefix: String,
     /// `FORM_ETL_SMARTMODULE_DIR` of the sinks (a copy of `form_flatten.wasm`).
     pub(crate) modules_dir: PathBuf,
+    /// `output: iceberg`: the tables the sinks commit to.
+    pub(crate) iceberg: Option<IcebergTables>,
+    sink_secrets: PathBuf,
     source_spec: ConnectorSpec,
     sink_specs: Vec<ConnectorSpec>,
     pub(crate) source: Option<Arc<Supervisor>>,
@@ -293,9 +318,35 @@ impl Pipeline {
                 ctx.secrets.s3_secret
             ),
         )?;
+        // Short names: the local S3 server keeps keys (with the bucket) under ~130 bytes, and
+        // Iceberg names its manifest lists long.
+        let iceberg = (opts.output == Output::Iceberg).then(|| IcebergTables {
+            sqlite_file: dir.join("iceberg-catalog.db"),
+            warehouse: format!("s3://{BUCKET}/w{:08x}", rand::random::<u32>()),
+            namespace: "chaos".to_owned(),
+        });
         let mut sink_specs = Vec::new();
         for i in 0..opts.sinks.max(1) {
-            let mut snk = ctx.shipped_sink.clone();
+            let mut snk = match opts.output {
+                Output::Files => ctx.shipped_sink.clone(),
+                Output::Iceberg => ctx.shipped_sink_iceberg.clone(),
+            };
+            if let Some(t) = &iceberg {
+                set_path(
+                    &mut snk,
+                    "output/catalog",
+                    yaml(&format!(
+                        "{{type: sql, uri: 'sqlite:{}?mode=rwc', warehouse: '{}'}}",
+                        t.sqlite_file.display(),
+                        t.warehouse
+                    )),
+                );
+                set_path(
+                    &mut snk,
+                    "output/namespace",
+                    Value::String(t.namespace.clone()),
+                );
+            }
             let port = free_port();
             for (path, value) in [
                 ("meta/topic/meta/name", enriched_topic.as_str()),
@@ -389,6 +440,8 @@ impl Pipeline {
             sink_group,
             prefix,
             modules_dir,
+            iceberg,
+            sink_secrets,
             source_spec,
             sink_specs,
             source: None,
@@ -745,13 +798,41 @@ impl Pipeline {
             }
         };
         let download = self.dir.join("download");
-        let files = download_objects(ctx, &self.prefix, &download).await?;
-        let objects = read_objects(&files, &download)?;
-        let avro_tools_rows = count_with_avro_tools(&files).unwrap_or_else(|e| {
-            self.failures
-                .push(format!("avro-tools could not read every object: {e:#}"));
-            None
-        });
+        let (files, objects, avro_tools_rows, tables) = match self.iceberg.clone() {
+            None => {
+                let files = download_objects(ctx, &self.prefix, &download).await?;
+                let objects = read_objects(&files, &download)?;
+                let avro_tools_rows = count_with_avro_tools(&files).unwrap_or_else(|e| {
+                    self.failures
+                        .push(format!("avro-tools could not read every object: {e:#}"));
+                    None
+                });
+                (files, objects, avro_tools_rows, None)
+            }
+            Some(t) => {
+                let (topic, partitions) = (self.enriched_topic.clone(), self.partitions);
+                let topic_end =
+                    tokio::task::spawn_blocking(move || end_offsets(&topic, partitions)).await??;
+                let (objects, tables) = match self.read_tables(ctx, &t).await {
+                    Ok(read) => read,
+                    // Both tables unreadable: the oracle reports it.
+                    Err(e) => {
+                        let e = serde_json::json!({"error": format!("{e:#}")});
+                        oracle::tables_from_json(
+                            &t.namespace,
+                            &self.enriched_topic,
+                            &serde_json::json!({"form": e, "form_field": e}),
+                        )
+                    }
+                };
+                (
+                    Vec::new(),
+                    objects,
+                    None,
+                    Some(TablesRead { tables, topic_end }),
+                )
+            }
+        };
         let watched = std::mem::take(&mut *self.watched.lock().expect("watched"));
         let mut secret_hits = watched.secret_hits.clone();
         secret_hits.extend(grep_logs(&self.dir, &self.secrets));
@@ -772,6 +853,7 @@ impl Pipeline {
             letters,
             objects,
             avro_tools_rows,
+            tables,
             secret_hits,
             exits,
             events_topic: self.events_topic.clone(),
@@ -789,6 +871,42 @@ impl Pipeline {
             download,
             files,
         })
+    }
+}
+
+impl Pipeline {
+    /// Both Iceberg tables, read by `read_iceberg.py` (DuckDB and pyiceberg).
+    async fn read_tables(
+        &self,
+        ctx: &Ctx,
+        t: &IcebergTables,
+    ) -> anyhow::Result<(Vec<ObjectRead>, Vec<oracle::TableRead>)> {
+        let args = serde_json::json!({
+            "sqlite_file": t.sqlite_file,
+            "name": ICEBERG_CATALOG_NAME,
+            "warehouse": t.warehouse,
+            "namespace": t.namespace,
+            "s3_endpoint": ctx.s3_endpoint,
+            "key_id": S3_ACCESS_KEY,
+            "group": self.sink_group,
+            "secrets_file": self.sink_secrets,
+        })
+        .to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            python_rows(READ_ICEBERG_PY, &[std::ffi::OsStr::new(&args)], &[])
+        })
+        .await?
+        .context("reading the Iceberg tables with read_iceberg.py")?;
+        anyhow::ensure!(
+            out.len() == 1,
+            "read_iceberg.py printed {} lines",
+            out.len()
+        );
+        Ok(oracle::tables_from_json(
+            &t.namespace,
+            &self.enriched_topic,
+            &out[0],
+        ))
     }
 }
 
@@ -920,6 +1038,7 @@ async fn download_objects(ctx: &Ctx, prefix: &str, dir: &Path) -> anyhow::Result
 /// The Python (fastavro) reader: one JSON line per file with its `form_etl.*` metadata and each
 /// row's identity columns (timestamps as microseconds).
 const READ_AVRO_PY: &str = include_str!("read_avro.py");
+const READ_ICEBERG_PY: &str = include_str!("read_iceberg.py");
 
 /// Reads `files` (under `dir`, named by their keys) with fastavro.
 pub(crate) fn read_objects(files: &[PathBuf], dir: &Path) -> anyhow::Result<Vec<ObjectRead>> {

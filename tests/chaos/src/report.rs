@@ -147,7 +147,7 @@ pub(crate) fn details(outcomes: &[Outcome]) -> String {
         if let Some(f) = &o.findings {
             let _ = writeln!(
                 s,
-                "- rows: form {} / {} (dups {}, missing {}), form_field {} / {} (dups {}, missing {}), unknown {}; {} objects ({} unreadable, {} overlapping pairs, {} misnamed, {} rows outside their range); fastavro {} rows, avro-tools {}",
+                "- rows: form {} / {} (dups {}, missing {}), form_field {} / {} (dups {}, missing {}), unknown {}; {} objects ({} unreadable, {} overlapping pairs, {} misnamed, {} rows outside their range); {} {} rows, {}",
                 f.form_expected,
                 f.form_found,
                 f.form_dups,
@@ -162,10 +162,22 @@ pub(crate) fn details(outcomes: &[Outcome]) -> String {
                 f.overlaps,
                 f.bad_keys,
                 f.misplaced,
-                f.fastavro_rows,
-                f.avro_tools_rows
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into())
+                if f.tables.is_empty() {
+                    "fastavro"
+                } else {
+                    "DuckDB"
+                },
+                f.rows_read,
+                if f.tables.is_empty() {
+                    format!(
+                        "avro-tools {}",
+                        f.avro_tools_rows
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "-".into())
+                    )
+                } else {
+                    format!("tables: {}", f.tables.join("; "))
+                }
             );
             let _ = writeln!(
                 s,

@@ -17,7 +17,9 @@ use rand::{Rng as _, SeedableRng as _};
 use crate::ctx::{BUCKET, Ctx};
 use crate::flow::{Kind, Plan, Times};
 use crate::oracle;
-use crate::pipeline::{Pipeline, PipelineOpts, Progress, ScenarioRun, scrape, session_timeout_ms};
+use crate::pipeline::{
+    Output, Pipeline, PipelineOpts, Progress, ScenarioRun, scrape, session_timeout_ms,
+};
 use crate::report::Outcome;
 
 /// Events per second of the steady flows.
@@ -33,6 +35,8 @@ const KILL_RECOVERY_WAIT: Duration = Duration::from_secs(10);
 const RECOVERY_TARGET_S: f64 = 10.0;
 /// Segments close on record time every 2 s, so that a steady flow commits steadily.
 const STEADY_SINK: (&str, &str) = ("s3/max-age", "2s");
+/// Iceberg tables commit every 2 s (a data file closes at every commit), for the same reason.
+const STEADY_ICEBERG_SINK: (&str, &str) = ("output/commit-interval", "2s");
 /// Event dates of the steady flows (each date is a file per table, partition and segment).
 const STEADY_DATES: Times = Times::Past { days: 2 };
 
@@ -49,12 +53,14 @@ pub(crate) enum Scenario {
     HotSwap,
     TwoSinksPaused,
     Poison,
+    IcebergKillSink,
+    IcebergTwoSinksPaused,
     OracleSelftest,
 }
 
 impl Scenario {
     /// The default run, in order (`oracle-selftest` is run on its own).
-    pub(crate) const DEFAULT: [Scenario; 10] = [
+    pub(crate) const DEFAULT: [Scenario; 12] = [
         Scenario::ReplayCut,
         Scenario::Poison,
         Scenario::KillSource,
@@ -65,9 +71,11 @@ impl Scenario {
         Scenario::SinkRestartMaxRecords,
         Scenario::HotSwap,
         Scenario::TwoSinksPaused,
+        Scenario::IcebergKillSink,
+        Scenario::IcebergTwoSinksPaused,
     ];
 
-    pub(crate) const ALL: [Scenario; 11] = [
+    pub(crate) const ALL: [Scenario; 13] = [
         Scenario::ReplayCut,
         Scenario::Poison,
         Scenario::KillSource,
@@ -78,6 +86,8 @@ impl Scenario {
         Scenario::SinkRestartMaxRecords,
         Scenario::HotSwap,
         Scenario::TwoSinksPaused,
+        Scenario::IcebergKillSink,
+        Scenario::IcebergTwoSinksPaused,
         Scenario::OracleSelftest,
     ];
 
@@ -93,7 +103,17 @@ impl Scenario {
             Scenario::HotSwap => "hot-swap",
             Scenario::TwoSinksPaused => "two-sinks-paused",
             Scenario::Poison => "poison",
+            Scenario::IcebergKillSink => "iceberg-kill-sink",
+            Scenario::IcebergTwoSinksPaused => "iceberg-two-sinks-paused",
             Scenario::OracleSelftest => "oracle-selftest",
+        }
+    }
+
+    /// Where its sinks write.
+    pub(crate) fn output(self) -> Output {
+        match self {
+            Scenario::IcebergKillSink | Scenario::IcebergTwoSinksPaused => Output::Iceberg,
+            _ => Output::Files,
         }
     }
 
@@ -103,15 +123,23 @@ impl Scenario {
 
     /// Its parameters, as printed before it runs.
     pub(crate) fn params(self) -> String {
+        let sink = match self.output() {
+            Output::Files => format!(
+                "sink `{}: {}` (segments close steadily), else the shipped configs",
+                STEADY_SINK.0, STEADY_SINK.1
+            ),
+            Output::Iceberg => format!(
+                "`output: iceberg`: the sink from `config/form-s3-sink-iceberg.yaml` with `{}: {}` (a snapshot, with a data file per table and date, every 2 s), its embedded SQL catalog's SQLite file in the scenario's directory, the warehouse in the chaos bucket, else the shipped configs; the tables are read back whole by DuckDB's `iceberg_scan` (the rows judged) and by pyiceberg (row for row the same), and in each table the newest snapshot holding the group's offsets must hold the topic's end",
+                STEADY_ICEBERG_SINK.0, STEADY_ICEBERG_SINK.1
+            ),
+        };
         let steady = format!(
-            "3 partitions; flow {RATE:.0} events/s ({:.0}% small poison, event dates 2024-03-01..03); sink `{}: {}` (segments close steadily), else the shipped configs",
+            "3 partitions; flow {RATE:.0} events/s ({:.0}% small poison, event dates 2024-03-01..03); {sink}",
             POISON_RATIO * 100.0,
-            STEADY_SINK.0,
-            STEADY_SINK.1
         );
         match self {
             Scenario::ReplayCut => "1 partition; 2,000 valid events produced first, enriched by the source; sink `commit.interval: 60s`, `s3.max-records: 1000`, `s3.idle-flush: 1h`; sink run 1 `kill -9` once its objects are on S3 (listing unchanged for 3 s, every record received); run 2 `--max-records 300`; run 3 `--max-records` = the records left after run 2's commit (to the end)".into(),
-            Scenario::KillSource | Scenario::KillSink => format!(
+            Scenario::KillSource | Scenario::KillSink | Scenario::IcebergKillSink => format!(
                 "{steady}; 10 s of flow, then {KILLS} x `kill -9` of the {}, each after the restarted process's progress moved (waited at most {}s) plus a random 0.5-2.5 s; 5 s of flow after the last kill",
                 if self == Scenario::KillSource { "source" } else { "sink" },
                 KILL_RECOVERY_WAIT.as_secs()
@@ -131,7 +159,7 @@ impl Scenario {
             Scenario::HotSwap => format!(
                 "{steady}; 10 s; the sink's `form_flatten.wasm` replaced (write + rename) by the same module with a custom section appended (same code, another sha256); the swap must show (`s3_sink_transform_generation` >= 1, nothing rejected); 10 s more"
             ),
-            Scenario::TwoSinksPaused => format!(
+            Scenario::TwoSinksPaused | Scenario::IcebergTwoSinksPaused => format!(
                 "{steady}; two sinks in one group from the shipped sink config (per instance only the metrics port differs, and the instance id where the file has one); 10 s; `kill -STOP` of sink-b for its session timeout + 5 s, `kill -CONT`; 10 s more"
             ),
             Scenario::Poison => "3 partitions; 10,000 poison events (10 huge answers of 1.2 MB, 10 huge events of 990 KB whose enriched record is ~1.09 MB, 9,980 small ones spread over invalid JSON, wrong types, bad timestamps, missing fields, invalid UTF-8) shuffled among 10,000 valid events, 1,000 events/s; shipped configs plus the steady sink setting".into(),
@@ -146,13 +174,15 @@ impl Scenario {
         let res = match self {
             Scenario::ReplayCut => replay_cut(ctx).await,
             Scenario::KillSource => kill_loop(ctx, self, true).await,
-            Scenario::KillSink => kill_loop(ctx, self, false).await,
+            Scenario::KillSink | Scenario::IcebergKillSink => kill_loop(ctx, self, false).await,
             Scenario::ApiFaults => api_faults(ctx).await,
             Scenario::S3Down => s3_down(ctx).await,
             Scenario::BrokerRestart => broker_restart(ctx).await,
             Scenario::SinkRestartMaxRecords => sink_restart_max_records(ctx).await,
             Scenario::HotSwap => hot_swap(ctx).await,
-            Scenario::TwoSinksPaused => two_sinks_paused(ctx).await,
+            Scenario::TwoSinksPaused | Scenario::IcebergTwoSinksPaused => {
+                two_sinks_paused(ctx, self).await
+            }
             Scenario::Poison => poison(ctx).await,
             Scenario::OracleSelftest => oracle_selftest(ctx).await,
         };
@@ -167,12 +197,23 @@ impl Scenario {
 
 fn steady_opts(budget_s: u64) -> PipelineOpts {
     PipelineOpts {
+        output: Output::Files,
         partitions: 3,
         sink: vec![(STEADY_SINK.0, STEADY_SINK.1.into())],
         source: Vec::new(),
         sinks: 1,
         budget: Duration::from_secs(budget_s),
     }
+}
+
+/// The steady options of `scenario`'s output.
+fn steady_opts_for(scenario: Scenario, budget_s: u64) -> PipelineOpts {
+    let mut opts = steady_opts(budget_s);
+    if scenario.output() == Output::Iceberg {
+        opts.output = Output::Iceberg;
+        opts.sink = vec![(STEADY_ICEBERG_SINK.0, STEADY_ICEBERG_SINK.1.into())];
+    }
+    opts
 }
 
 fn rng(ctx: &Ctx, salt: u64) -> StdRng {
@@ -202,6 +243,7 @@ fn require_recovery(out: &mut Outcome) {
 
 async fn replay_cut(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let opts = PipelineOpts {
+        output: Output::Files,
         partitions: 1,
         sink: vec![
             ("commit/interval", "60s".into()),
@@ -348,7 +390,7 @@ fn first_offsets(keys: &[String]) -> String {
 }
 
 async fn kill_loop(ctx: &Ctx, scenario: Scenario, source: bool) -> anyhow::Result<Outcome> {
-    let mut p = Pipeline::create(ctx, scenario.name(), &steady_opts(340)).await?;
+    let mut p = Pipeline::create(ctx, scenario.name(), &steady_opts_for(scenario, 340)).await?;
     let src = p.start_source();
     p.start_sinks();
     let target = if source { src } else { p.sinks[0].clone() };
@@ -361,7 +403,14 @@ async fn kill_loop(ctx: &Ctx, scenario: Scenario, source: bool) -> anyhow::Resul
         },
         RATE,
     )?;
-    let mut rng = rng(ctx, if source { 1 } else { 2 });
+    let mut rng = rng(
+        ctx,
+        match scenario {
+            Scenario::KillSource => 1,
+            Scenario::KillSink => 2,
+            _ => 4,
+        },
+    );
     p.hold(Duration::from_secs(10)).await;
     let mut kills = 0;
     while kills < KILLS {
@@ -726,10 +775,10 @@ async fn hot_swap(ctx: &Ctx) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
-async fn two_sinks_paused(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    let mut opts = steady_opts(150);
+async fn two_sinks_paused(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<Outcome> {
+    let mut opts = steady_opts_for(scenario, 150);
     opts.sinks = 2;
-    let mut p = Pipeline::create(ctx, "two-sinks-paused", &opts).await?;
+    let mut p = Pipeline::create(ctx, scenario.name(), &opts).await?;
     p.start_source();
     p.start_sinks();
     let b = p.sinks[1].clone();
@@ -757,11 +806,7 @@ async fn two_sinks_paused(ctx: &Ctx) -> anyhow::Result<Outcome> {
     p.note("sink-b continued (-CONT)");
     p.hold(Duration::from_secs(10)).await;
     let ledger = flow.finish().await?;
-    Ok(judged(
-        ctx,
-        Scenario::TwoSinksPaused,
-        p.finish(ctx, ledger).await?,
-    ))
+    Ok(judged(ctx, scenario, p.finish(ctx, ledger).await?))
 }
 
 async fn poison(ctx: &Ctx) -> anyhow::Result<Outcome> {
