@@ -13,6 +13,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -140,6 +141,7 @@ pub async fn serve_http(
     let task = tokio::spawn(async move {
         let up = tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(5));
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 t.tick().await;
                 upkeep.run_upkeep();
@@ -172,7 +174,9 @@ async fn health_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Spawns a task that logs one progress line every `every` until `shutdown`. `line` gets the
-/// time since its previous call (to turn counters into rates) and returns the message.
+/// time since its previous call (to turn counters into rates) and returns the message. Ticks
+/// missed while the process was stopped (SIGSTOP, a stalled host) are not caught up: one line
+/// follows the pause, covering all of it, instead of a burst of `0/s` lines.
 pub fn spawn_progress<F>(every: Duration, shutdown: Shutdown, mut line: F) -> JoinHandle<()>
 where
     F: FnMut(Duration) -> String + Send + 'static,
@@ -180,6 +184,7 @@ where
     tokio::spawn(async move {
         let mut last = Instant::now();
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = t.tick() => {}
@@ -244,5 +249,40 @@ mod tests {
         assert_eq!(c.rate(Duration::from_secs(2)), (10, 5.0));
         c.add(4);
         assert_eq!(c.rate(Duration::from_secs(1)), (14, 4.0));
+    }
+
+    /// A runtime blocked for ten intervals (as under SIGSTOP) then gets one progress line, not
+    /// ten: `tokio::time::interval`'s default would fire every missed tick at once.
+    #[test]
+    fn progress_after_a_pause_is_one_line_not_a_burst() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let gaps = Arc::new(Mutex::new(Vec::new()));
+        let every = Duration::from_millis(200);
+        rt.block_on(async {
+            let shutdown = Shutdown::manual();
+            let (c, g) = (calls.clone(), gaps.clone());
+            let task = spawn_progress(every, shutdown.clone(), move |gap| {
+                c.fetch_add(1, Ordering::SeqCst);
+                g.lock().unwrap().push(gap);
+                String::new()
+            });
+            tokio::task::yield_now().await;
+            // Blocks the only runtime thread: no tick can run for ten intervals.
+            std::thread::sleep(every * 10);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            shutdown.trigger();
+            task.await.unwrap();
+        });
+        let n = calls.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&n), "{n} progress lines after one pause");
+        let first = gaps.lock().unwrap()[0];
+        assert!(
+            first >= every * 10,
+            "the line after the pause covers it: {first:?}"
+        );
     }
 }
