@@ -40,8 +40,13 @@ help:
 build:
 	$(CARGO) build --release --workspace
 
+# rust-toolchain.toml names the wasm target, but rustup adds it only when it installs the toolchain:
+# a machine that already had 1.95.0 lacks it, so it is added here when missing.
 build-smartmodules:
 	@if [[ -f $(SMARTMODULE_MANIFEST) ]]; then \
+	  if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then \
+	    echo "rustup target add wasm32-unknown-unknown"; rustup target add wasm32-unknown-unknown; \
+	  fi; \
 	  echo "$(CARGO) build --release --target wasm32-unknown-unknown --manifest-path $(SMARTMODULE_MANIFEST) --target-dir target"; \
 	  $(CARGO) build --release --target wasm32-unknown-unknown --manifest-path $(SMARTMODULE_MANIFEST) --target-dir target; \
 	else \
